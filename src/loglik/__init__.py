@@ -1,0 +1,37 @@
+"""loglik: exact conditional log-likelihood log Pr(y | x) under causal language models.
+
+>>> import loglik
+>>> scorer = loglik.Scorer.from_pretrained()                    # doctest: +SKIP
+>>> scorer.score("The capital of France is", " Paris").logprob  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .data import Fields, read_examples
+from .errors import (BackendError, ConfigError, ContextLengthError, InputError, LoglikError,
+                     MissingExtraError, ModelLoadError, TokenizationError)
+from .scorer import Scorer
+from .types import Detail, Encoded, Example, Request, Score, TokenResult
+
+__version__ = "0.1.0"
+
+# Entry points that live in heavier modules, imported on first use: name -> "module:attr".
+_LAZY: dict[str, str] = {}
+
+__all__ = sorted([
+    "BackendError", "ConfigError", "ContextLengthError", "Detail", "Encoded", "Example",
+    "Fields", "InputError", "LoglikError", "MissingExtraError", "ModelLoadError", "Request",
+    "Score", "Scorer", "TokenResult", "TokenizationError", "read_examples", *_LAZY,
+])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name].split(":")
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'loglik' has no attribute {name!r}")

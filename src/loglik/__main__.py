@@ -1,0 +1,7 @@
+"""``python -m loglik`` is the ``loglik`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

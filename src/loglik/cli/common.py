@@ -1,0 +1,63 @@
+"""Options shared by several commands; their names are the Python keyword arguments."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_model_options(p: argparse.ArgumentParser, *, multiple: bool = False) -> None:
+    if multiple:
+        p.add_argument("--model", action="append", default=None, metavar="PATH_OR_ID",
+                       help="model folder or Hugging Face id (repeat for several)")
+    else:
+        p.add_argument("--model", default=None, metavar="PATH_OR_ID",
+                       help="model folder or Hugging Face id (default: the embedded model)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, auto")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    p.add_argument("--revision", default=None, help="model revision on the hub")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own Python code to run (off by default)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading pickle (.bin) weights; safetensors only by default")
+    p.add_argument("--batch-tokens", type=int, default=8192,
+                   help="padded tokens per forward pass (default 8192)")
+
+
+def add_encode_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bos", choices=("auto", "always", "never"), default="auto",
+                   help="prepend BOS: follow the tokenizer (auto), always, never")
+    p.add_argument("--score-eos", action="store_true", help="append EOS to the response and score it")
+    p.add_argument("--whitespace", choices=("move", "keep"), default="move",
+                   help="move the prompt's trailing whitespace to the response (default) or keep it")
+    p.add_argument("--truncate", choices=("error", "left"), default="error",
+                   help="an example longer than the context: error (default) or drop prompt "
+                   "tokens from the left")
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt-field", default="prompt", help="field holding the prompt")
+    p.add_argument("--response-field", default="response", help="field holding the response")
+    p.add_argument("--id-field", default="id", help="field carried through as the record id")
+    p.add_argument("--format", choices=("jsonl", "csv", "parquet"), default=None,
+                   help="input format (default: from the file name; '-' is JSONL)")
+
+
+def fields_from_args(args: argparse.Namespace):
+    from ..data import Fields
+
+    return Fields(prompt=args.prompt_field, response=args.response_field, id=args.id_field)
+
+
+def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(dtype=args.dtype, device=args.device, revision=args.revision,
+                trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                batch_tokens=args.batch_tokens, bos=args.bos, score_eos=args.score_eos,
+                whitespace=args.whitespace, truncate=args.truncate)
+
+
+def scorer_from_args(args: argparse.Namespace, model: str | None = None):
+    from ..scorer import Scorer
+
+    return Scorer.from_pretrained(model if model is not None else args.model,
+                                  **scorer_kwargs(args))

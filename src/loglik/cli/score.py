@@ -1,0 +1,77 @@
+"""``loglik score DATA``: one output record per input record, in order, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from itertools import islice
+
+from .common import add_data_options, add_encode_options, add_model_options, fields_from_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score prompt/response pairs from a file",
+                       description="Compute log Pr(response | prompt) for every record of DATA "
+                       "(JSONL, CSV, Parquet; '-' reads JSONL from stdin).")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("-o", "--output", default=None, help="output JSONL (default or '-': stdout)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the finished records of OUTPUT and score only the rest")
+    p.add_argument("--rank", action="store_true", help="add each token's rank")
+    p.add_argument("--entropy", action="store_true", help="add each position's entropy (nats)")
+    p.add_argument("--top-k", type=int, default=0, help="add the k most probable alternatives")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress on stderr (default: when stderr is a terminal)")
+    add_data_options(p)
+    add_model_options(p)
+    add_encode_options(p)
+    p.set_defaults(run=run)
+
+
+def count_records(path: str, fmt: str | None) -> int | None:
+    """Cheap record count for the progress bar (None when unknown)."""
+    from ..data import detect_format
+
+    if path == "-" or not os.path.isfile(path):
+        return None
+    fmt = fmt or detect_format(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if fmt == "jsonl":
+        with open(path, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import read_examples
+    from ..errors import InputError
+    from ..io import open_jsonl_output
+    from ..progress import Progress
+    from .common import scorer_from_args
+
+    fields = fields_from_args(args)
+    examples = read_examples(args.data, fields, args.format)
+    scorer = scorer_from_args(args)
+    total = count_records(args.data, args.format)
+    with open_jsonl_output(args.output, resume=args.resume) as writer:
+        if writer.done:
+            skipped = list(islice(examples, writer.done))
+            if len(skipped) < writer.done:
+                raise InputError(f"the output already has {writer.done} records but the input "
+                                 f"has only {len(skipped)}; is this the same input?",
+                                 source=args.output)
+            if skipped[-1].id is not None and skipped[-1].id != writer.last_id:
+                raise InputError(f"record {writer.done} of the output has id "
+                                 f"{writer.last_id!r} but the input's has {skipped[-1].id!r}; "
+                                 "resume only with the same input and options",
+                                 source=args.output)
+        with Progress("scoring", total=total, enabled=args.progress) as progress:
+            progress.advance(writer.done)
+            for score in scorer.iter_scores(examples, rank=args.rank, entropy=args.entropy,
+                                            top_k=args.top_k):
+                writer.write(score.to_record())
+                progress.advance()
+    return 0

@@ -1,0 +1,169 @@
+"""Input records (JSONL, CSV, Parquet, stdin, Python objects) to :class:`Example`.
+
+Readers stream: they never hold a file in memory. Every error names the file, the line (or
+row) and the field, and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .errors import InputError
+from .types import Example
+
+FORMATS = ("jsonl", "csv", "parquet")
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Which record fields hold the prompt, the response and the id."""
+
+    prompt: str = "prompt"
+    response: str = "response"
+    id: str = "id"
+
+
+def detect_format(path: str) -> str:
+    """``jsonl`` for ``-``, ``.jsonl``/``.json``/``.ndjson``; ``csv``; ``parquet``."""
+    if path == "-":
+        return "jsonl"
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    for s in reversed(suffixes):
+        if s in (".jsonl", ".json", ".ndjson"):
+            return "jsonl"
+        if s in (".csv", ".tsv"):
+            return "csv"
+        if s in (".parquet", ".pq"):
+            return "parquet"
+    raise InputError(f"cannot tell the format from the file name; pass --format "
+                     f"({', '.join(FORMATS)})", source=path)
+
+
+def iter_records(path: str, fmt: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_or_row_number, record)`` from a file; ``-`` reads JSONL from stdin."""
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", source=path)
+    if fmt == "parquet":
+        yield from _parquet_records(path)
+        return
+    if path == "-":
+        stream: BinaryIO = sys.stdin.buffer
+        yield from (_jsonl_records(stream, "<stdin>") if fmt == "jsonl"
+                    else _csv_records(stream, "<stdin>"))
+        return
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise InputError("no such file", source=path) from None
+    except OSError as exc:
+        raise InputError(f"cannot open: {exc.strerror}", source=path) from None
+    with handle:
+        yield from (_jsonl_records(handle, path) if fmt == "jsonl" else _csv_records(handle, path))
+
+
+def _jsonl_records(stream: BinaryIO, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, raw in enumerate(stream, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                             f"{exc.start + 1}); re-encode the file as UTF-8",
+                             source=source, line=number) from None
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"malformed JSON: {exc.msg} at column {exc.colno}; each line must "
+                             "be one JSON object", source=source, line=number) from None
+        if not isinstance(record, dict):
+            raise InputError(f"expected a JSON object, got {type(record).__name__}",
+                             source=source, line=number)
+        yield number, record
+
+
+def _csv_records(stream: BinaryIO, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="strict", newline="")
+    reader = csv.DictReader(text)
+    try:
+        for record in reader:
+            if None in record:
+                raise InputError(f"more cells than the {len(reader.fieldnames or [])} header "
+                                 "columns", source=source, line=reader.line_num)
+            yield reader.line_num, record
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x}) near line "
+                         f"{reader.line_num + 1}; re-encode the file as UTF-8",
+                         source=source, line=reader.line_num + 1) from None
+    except csv.Error as exc:
+        raise InputError(f"malformed CSV: {exc}", source=source, line=reader.line_num) from None
+
+
+def _parquet_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    from .errors import require
+
+    pq = require("pyarrow.parquet", extra="parquet", feature="reading Parquet")
+    try:
+        handle = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise InputError("no such file", source=path) from None
+    except Exception as exc:  # pyarrow.ArrowInvalid and friends
+        raise InputError(f"not a readable Parquet file: {exc}", source=path) from None
+    row = 0
+    for batch in handle.iter_batches(batch_size=4096):
+        for record in batch.to_pylist():
+            row += 1
+            yield row, record
+
+
+def record_to_example(record: Mapping[str, Any], fields: Fields = Fields(), *,
+                      source: str | None = None, line: int | None = None) -> Example:
+    """Validate one record's fields and build an :class:`Example`."""
+    values = []
+    for name, flag in ((fields.prompt, "--prompt-field"), (fields.response, "--response-field")):
+        if name not in record:
+            present = list(record)
+            other = [f for f in present if f not in (fields.prompt, fields.response, fields.id)]
+            hint = f"; pass {flag} {other[0]}" if other else ""
+            raise InputError(f'missing field "{name}" (fields present: '
+                             f'{", ".join(present) or "none"}){hint}',
+                             source=source, line=line, field=name)
+        value = record[name]
+        if not isinstance(value, str):
+            kind = "null" if value is None else type(value).__name__
+            raise InputError(f'field "{name}" must be a string, got {kind} '
+                             f"({json.dumps(value, default=str)[:40]})",
+                             source=source, line=line, field=name)
+        values.append(value)
+    return Example(values[0], values[1], id=record.get(fields.id), source=source, line=line)
+
+
+def read_examples(path: str, fields: Fields = Fields(), fmt: str | None = None
+                  ) -> Iterator[Example]:
+    """Stream the examples of a file (``-`` for JSONL on stdin)."""
+    source = "<stdin>" if path == "-" else path
+    for line, record in iter_records(path, fmt):
+        yield record_to_example(record, fields, source=source, line=line)
+
+
+def to_examples(items: Iterable[Any], fields: Fields = Fields()) -> Iterator[Example]:
+    """Accept Examples, ``(prompt, response)`` pairs or dicts from Python code."""
+    for n, item in enumerate(items, start=1):
+        if isinstance(item, Example):
+            yield item
+        elif isinstance(item, Mapping):
+            yield record_to_example(item, fields, source="<python>", line=n)
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            yield record_to_example({fields.prompt: item[0], fields.response: item[1]}, fields,
+                                    source="<python>", line=n)
+        else:
+            raise InputError(f"expected a (prompt, response) pair, a dict or an Example, got "
+                             f"{type(item).__name__}", source="<python>", line=n)

@@ -1,0 +1,149 @@
+"""The scorer: examples in, :class:`~loglik.types.Score` out, in input order.
+
+It composes the stages of shared/DESIGN.md — :mod:`loglik.data` (examples),
+:mod:`loglik.tokenize` (ids and boundary), :mod:`loglik.plan` (batches) and a backend
+(per-token log-probs) — and owns nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
+from typing import Any
+
+from .backends.base import Backend, check_results
+from .data import Fields, to_examples
+from .errors import ConfigError
+from .plan import plan_batches
+from .tokenize import EncodeOptions, Encoder, as_text_tokenizer
+from .types import Detail, Encoded, Example, Request, Score, TokenResult
+
+
+class Scorer:
+    """Computes log Pr(response | prompt) with a backend and its tokenizer.
+
+    Args:
+        backend: anything following :class:`loglik.backends.base.Backend`.
+        tokenizer: a Hugging Face tokenizer or a :class:`loglik.tokenize.TextTokenizer`.
+        bos: ``"auto"`` (follow the tokenizer), ``"always"`` or ``"never"``.
+        score_eos: append EOS to every response and score it.
+        whitespace: ``"move"`` the prompt's trailing whitespace to the response, or ``"keep"``.
+        truncate: ``"error"`` when an example exceeds the context, or ``"left"`` to drop
+            prompt tokens from the left (the count is reported per score).
+        batch_tokens: padded tokens per forward pass.
+        window: examples tokenized and planned together when streaming.
+
+    Example:
+        >>> scorer = Scorer.from_pretrained("path/to/model")        # doctest: +SKIP
+        >>> s = scorer.score("The capital of France is", " Paris")  # doctest: +SKIP
+        >>> s.logprob == math.fsum(s.token_logprobs)                # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, backend: Backend, tokenizer: Any, *, bos: str = "auto",
+                 score_eos: bool = False, whitespace: str = "move", truncate: str = "error",
+                 batch_tokens: int = 8192, window: int = 1024) -> None:
+        if batch_tokens < 1 or window < 1:
+            raise ConfigError("batch_tokens and window must be positive")
+        self.backend = backend
+        self.tokenizer = as_text_tokenizer(tokenizer)
+        self.options = EncodeOptions(bos=bos, score_eos=score_eos, whitespace=whitespace,
+                                     truncate=truncate)
+        self.encoder = Encoder(self.tokenizer, self.options, backend.max_length)
+        self.batch_tokens = batch_tokens
+        self.window = window
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, *, dtype: str = "float32",
+                        device: str = "cpu", trust_remote_code: bool = False,
+                        allow_pickle: bool = False, revision: str | None = None,
+                        chunk_size: int | None = None, max_length: int | None = None,
+                        **options: Any) -> Scorer:
+        """Load a Hugging Face causal LM (local folder or hub id; None = the default model)."""
+        from .backends.hf import load_hf
+        from .default_model import default_model_path
+
+        hf_model, tokenizer = load_hf(model or default_model_path(), dtype=dtype, device=device,
+                                      trust_remote_code=trust_remote_code,
+                                      allow_pickle=allow_pickle, revision=revision)
+        return cls.from_hf(hf_model, tokenizer, chunk_size=chunk_size, max_length=max_length,
+                           **options)
+
+    @classmethod
+    def from_hf(cls, model: Any, tokenizer: Any, *, chunk_size: int | None = None,
+                max_length: int | None = None, **options: Any) -> Scorer:
+        """Wrap a ``transformers`` model and tokenizer the caller already loaded."""
+        from .backends.hf import HFBackend
+
+        return cls(HFBackend(model, chunk_size=chunk_size, max_length=max_length), tokenizer,
+                   **options)
+
+    # -- scoring ---------------------------------------------------------------------------
+    def encode(self, prompt: str, response: str) -> Encoded:
+        """The token ids and boundary decision for one pair."""
+        return self.encoder.encode(prompt, response)
+
+    def score(self, prompt: str, response: str, *, rank: bool = False, entropy: bool = False,
+              top_k: int = 0) -> Score:
+        """log Pr(response | prompt) with its per-token terms."""
+        return self.score_many([Example(prompt, response, source="<python>", line=1)],
+                               rank=rank, entropy=entropy, top_k=top_k)[0]
+
+    def score_many(self, examples: Iterable[Any], *, fields: Fields = Fields(),
+                   rank: bool = False, entropy: bool = False, top_k: int = 0) -> list[Score]:
+        """Score pairs, dicts or Examples; the list is in input order."""
+        return list(self.iter_scores(examples, fields=fields, rank=rank, entropy=entropy,
+                                     top_k=top_k))
+
+    def iter_scores(self, examples: Iterable[Any], *, fields: Fields = Fields(),
+                    rank: bool = False, entropy: bool = False, top_k: int = 0
+                    ) -> Iterator[Score]:
+        """Stream scores in input order, holding at most ``window`` examples at a time."""
+        detail = Detail(rank=rank, entropy=entropy, top_k=top_k)
+        stream = to_examples(examples, fields)
+        while chunk := list(islice(stream, self.window)):
+            encoded = self.encoder.encode_many(chunk)
+            yield from self.score_encoded(encoded, chunk, detail)
+
+    def score_encoded(self, encoded: Sequence[Encoded], examples: Sequence[Example] | None = None,
+                      detail: Detail = Detail()) -> list[Score]:
+        """Score already-encoded examples (batched by the planner)."""
+        requests = [Request(e.context_ids, e.response_ids) for e in encoded]
+        results = self.run_requests(requests, detail)
+        ids = [ex.id for ex in examples] if examples is not None else [None] * len(encoded)
+        return [self._to_score(e, r, i) for e, r, i in zip(encoded, results, ids)]
+
+    def run_requests(self, requests: Sequence[Request], detail: Detail = Detail()
+                     ) -> list[TokenResult]:
+        """Plan token-budget batches and run them through the backend, in request order."""
+        results: list[TokenResult | None] = [None] * len(requests)
+        lengths = [len(r.context_ids) + len(r.target_ids) - 1 if r.target_ids else 0
+                   for r in requests]
+        plan = plan_batches(lengths, self.batch_tokens)
+        for batch in plan.batches:
+            batch_requests = [requests[i] for i in batch.indices]
+            out = self.backend.score(batch_requests, detail)
+            check_results(batch_requests, out)
+            for i, res in zip(batch.indices, out):
+                results[i] = res
+        for i, res in enumerate(results):
+            if res is None:   # empty response: nothing to forward
+                results[i] = TokenResult.empty(detail)
+        return results  # type: ignore[return-value]
+
+    def _to_score(self, enc: Encoded, res: TokenResult, example_id: Any) -> Score:
+        ids = list(enc.response_ids)
+        tokens = self.tokenizer.convert_ids_to_tokens(ids) if ids else []
+        top = None
+        if res.top is not None:
+            top = [list(zip(self.tokenizer.convert_ids_to_tokens([t for t, _ in alts]),
+                            [lp for _, lp in alts])) for alts in res.top]
+        return Score(
+            logprob=math.fsum(res.logprobs), token_ids=ids, tokens=tokens,
+            token_logprobs=list(res.logprobs), token_greedy=list(res.greedy),
+            num_tokens=len(ids), num_bytes=len(enc.response_text.encode("utf-8")),
+            num_chars=len(enc.response_text), boundary=enc.boundary, id=example_id,
+            truncated_tokens=enc.truncated_tokens, token_ranks=res.ranks,
+            token_entropies=res.entropies, token_top=top)

@@ -1,0 +1,149 @@
+"""Tiny models and tokenizers built offline, for tests, docs and benchmarks.
+
+Nothing here downloads anything: tokenizers are trained on :data:`CORPUS` (or text you pass)
+with the ``tokenizers`` library, models are built from configs with random weights.
+Three tokenizer styles cover the boundary and BOS rules:
+
+* :func:`byte_bpe_tokenizer` — byte-level BPE, BOS = EOS = ``<|endoftext|>`` never added
+  (GPT-2 style);
+* :func:`sentencepiece_tokenizer` — ``▁`` word marker, dummy prefix, byte fallback
+  (``<0xNN>`` tokens), adds ``<s>`` (Llama style);
+* :func:`no_bos_tokenizer` — byte-level BPE with an EOS token and no BOS token at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+CORPUS = """The capital of France is Paris. The capital of Italy is Rome.
+Answer: the answer is forty-two. Question: what is the answer?
+def add(a, b):
+    \"\"\"Return the sum of a and b.\"\"\"
+    return a + b
+The quick brown fox jumps over the lazy dog. The dog sleeps.
+In 1998, 12,345 people visited the museum; in 1999, 23,456 did.
+She said: "Hello, world!" and he replied, "Goodbye..."
+Machine learning models compute probabilities of tokens given a context.
+The log-likelihood of a response is the sum of its token log-probabilities.
+东京是日本的首都。北京是中国的首都。
+Pizza 🍕 and coffee ☕ are great. I love 🍕!
+Newlines
+and	tabs	separate   words   sometimes.
+https://example.com/path?query=value&other=1
+""" * 3
+
+
+def _trained_bpe(corpus: Iterable[str], vocab_size: int, special: list[str],
+                 byte_level: bool) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None if byte_level else "<unk>"))
+    if byte_level:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        alphabet = []
+    limit = {} if byte_level else {"limit_alphabet": 80}   # rare chars -> byte fallback
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=alphabet, show_progress=False, **limit)
+    tok.train_from_iterator(list(corpus), trainer=trainer)
+    return tok
+
+
+def byte_bpe_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 400) -> Any:
+    """GPT-2 style: byte-level BPE; BOS = EOS = ``<|endoftext|>``, never added by itself."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _trained_bpe(corpus or CORPUS.splitlines(True), vocab_size, ["<|endoftext|>"], True)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", model_max_length=1024)
+
+
+def no_bos_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 400) -> Any:
+    """Byte-level BPE with an EOS token ``</s>`` and no BOS token at all."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _trained_bpe(corpus or CORPUS.splitlines(True), vocab_size, ["</s>"], True)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", model_max_length=1024)
+
+
+def sentencepiece_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 500) -> Any:
+    """Llama style: ``▁`` marks words, a dummy prefix space, byte fallback, adds ``<s>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<unk>", "<s>", "</s>"]
+    trained = json.loads(_trained_bpe(corpus or CORPUS.splitlines(True), vocab_size, special,
+                                      False).to_str())["model"]
+    vocab = {t: i for i, t in enumerate(special + [f"<0x{b:02X}>" for b in range(256)])}
+    for token in sorted(trained["vocab"], key=trained["vocab"].get):
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>",
+                               byte_fallback=True, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=1024)
+
+
+FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt", "phi", "gemma2")
+
+
+def tiny_config(family: str, vocab_size: int, *, hidden: int = 32, layers: int = 2,
+                heads: int = 4, max_positions: int = 256, **overrides: Any) -> Any:
+    """A small config of one model family (random weights once instantiated)."""
+    import transformers as tf
+
+    common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                  num_attention_heads=heads, intermediate_size=2 * hidden,
+                  max_position_embeddings=max_positions)
+    gqa = dict(num_key_value_heads=max(1, heads // 2))
+    builders = {
+        "gpt2": lambda: tf.GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers,
+                                      n_head=heads, n_positions=max_positions,
+                                      bos_token_id=None, eos_token_id=None),
+        "llama": lambda: tf.LlamaConfig(**common, **gqa),
+        "mistral": lambda: tf.MistralConfig(**common, **gqa),
+        "qwen2": lambda: tf.Qwen2Config(**common, **gqa),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(**common),
+        "opt": lambda: tf.OPTConfig(vocab_size=vocab_size, hidden_size=hidden,
+                                    num_hidden_layers=layers, num_attention_heads=heads,
+                                    ffn_dim=2 * hidden, max_position_embeddings=max_positions,
+                                    word_embed_proj_dim=hidden),
+        "phi": lambda: tf.PhiConfig(**common),
+        "gemma2": lambda: tf.Gemma2Config(**common, **gqa, head_dim=hidden // heads,
+                                          final_logit_softcapping=5.0,
+                                          attn_logit_softcapping=50.0, sliding_window=64),
+    }
+    if family not in builders:
+        raise ValueError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
+    config = builders[family]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def tiny_model(family: str, vocab_size: int, *, seed: int = 0, scale: float = 1.0,
+               **config: Any) -> Any:
+    """A randomly initialised causal LM of ``family`` in eval mode.
+
+    ``scale`` multiplies the output head so next-token distributions are far from uniform
+    (random init alone gives near-uniform ones, which would hide errors in tests).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, vocab_size, **config))
+    if scale != 1.0:
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(scale)
+    return model.eval()
