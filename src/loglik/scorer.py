@@ -14,7 +14,7 @@ from typing import Any
 
 from .backends.base import Backend, check_results
 from .data import Fields, to_examples
-from .errors import ConfigError
+from .errors import ConfigError, LoglikError
 from .plan import plan_batches
 from .tokenize import EncodeOptions, Encoder, as_text_tokenizer
 from .types import Detail, Encoded, Example, Request, Score, TokenResult
@@ -103,9 +103,34 @@ class Scorer:
         """Stream scores in input order, holding at most ``window`` examples at a time."""
         detail = Detail(rank=rank, entropy=entropy, top_k=top_k)
         stream = to_examples(examples, fields)
-        while chunk := list(islice(stream, self.window)):
-            encoded = self.encoder.encode_many(chunk)
-            yield from self.score_encoded(encoded, chunk, detail)
+        while True:
+            # A bad record stops the run, but the good records before it are scored first.
+            chunk: list[Example] = []
+            error: LoglikError | None = None
+            try:
+                chunk.extend(islice(stream, self.window))
+            except LoglikError as exc:
+                error = exc
+            try:
+                encoded = self.encoder.encode_many(chunk)
+            except LoglikError as exc:
+                encoded, error = self._encode_until_error(chunk), exc
+            if encoded:
+                yield from self.score_encoded(encoded, chunk[:len(encoded)], detail)
+            if error is not None:
+                raise error
+            if len(chunk) < self.window:
+                return
+
+    def _encode_until_error(self, chunk: Sequence[Example]) -> list[Encoded]:
+        """Encode one by one and stop before the first example that fails."""
+        encoded = []
+        for ex in chunk:
+            try:
+                encoded.append(self.encoder.encode_many([ex])[0])
+            except LoglikError:
+                break
+        return encoded
 
     def score_encoded(self, encoded: Sequence[Encoded], examples: Sequence[Example] | None = None,
                       detail: Detail = Detail()) -> list[Score]:

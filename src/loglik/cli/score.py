@@ -57,21 +57,32 @@ def run(args: argparse.Namespace) -> int:
     scorer = scorer_from_args(args)
     total = count_records(args.data, args.format)
     with open_jsonl_output(args.output, resume=args.resume) as writer:
-        if writer.done:
-            skipped = list(islice(examples, writer.done))
-            if len(skipped) < writer.done:
+        # Resume from the start of the window holding the first missing record, so every
+        # record is scored in the same batch as in an uninterrupted run (same bits).
+        redo = writer.done % scorer.window
+        restart = writer.done - redo
+        if restart:
+            skipped = sum(1 for _ in islice(examples, restart))   # read, validate, drop
+            if skipped < restart:
                 raise InputError(f"the output already has {writer.done} records but the input "
-                                 f"has only {len(skipped)}; is this the same input?",
-                                 source=args.output)
-            if skipped[-1].id is not None and skipped[-1].id != writer.last_id:
-                raise InputError(f"record {writer.done} of the output has id "
-                                 f"{writer.last_id!r} but the input's has {skipped[-1].id!r}; "
-                                 "resume only with the same input and options",
+                                 f"has only {skipped}; is this the same input?",
                                  source=args.output)
         with Progress("scoring", total=total, enabled=args.progress) as progress:
             progress.advance(writer.done)
-            for score in scorer.iter_scores(examples, rank=args.rank, entropy=args.entropy,
-                                            top_k=args.top_k):
+            scores = scorer.iter_scores(examples, rank=args.rank, entropy=args.entropy,
+                                        top_k=args.top_k)
+            done, seen = writer.done, restart
+            for seen, score in enumerate(scores, start=restart + 1):
+                if seen <= done:
+                    if seen == done and score.id != writer.last_id:
+                        raise InputError(
+                            f"record {seen} of the output has id {writer.last_id!r} but the "
+                            f"input's has {score.id!r}; resume only with the same input and "
+                            "options", source=args.output)
+                    continue
                 writer.write(score.to_record())
                 progress.advance()
+            if seen < done:
+                raise InputError(f"the output already has {done} records but the input has "
+                                 f"only {seen}; is this the same input?", source=args.output)
     return 0

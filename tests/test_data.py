@@ -1,0 +1,101 @@
+"""Readers: JSONL, CSV, Parquet, stdin, Python objects; errors name file, line and field."""
+
+import io
+import sys
+
+import pytest
+
+from loglik.data import Fields, detect_format, read_examples, to_examples
+from loglik.errors import InputError
+
+
+def write(tmp_path, name, content: bytes):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+def test_jsonl_with_ids_and_blank_lines(tmp_path):
+    path = write(tmp_path, "a.jsonl", b'{"prompt": "a", "response": "b", "id": 1}\n\n'
+                 b'{"prompt": "c", "response": "", "x": 2}\n')
+    exs = list(read_examples(path))
+    assert [(e.prompt, e.response, e.id, e.line) for e in exs] == [("a", "b", 1, 1),
+                                                                   ("c", "", None, 3)]
+
+
+def test_renamed_fields(tmp_path):
+    path = write(tmp_path, "a.jsonl", b'{"q": "a", "answer": "b", "key": "k"}\n')
+    (ex,) = read_examples(path, Fields(prompt="q", response="answer", id="key"))
+    assert (ex.prompt, ex.response, ex.id) == ("a", "b", "k")
+
+
+@pytest.mark.parametrize("content,pattern", [
+    (b'{"prompt": "a", "response": "b"}\n{"prompt": "a", "respon', r"a.jsonl line 2: malformed JSON"),
+    (b'{"prompt": "a", "answer": "b"}\n',
+     r'a.jsonl line 1: missing field "response" \(fields present: prompt, answer\); '
+     r"pass --response-field answer"),
+    (b'{"prompt": "a", "response": 42}\n', r'line 1: field "response" must be a string, got int'),
+    (b'{"prompt": null, "response": "b"}\n', r'line 1: field "prompt" must be a string, got null'),
+    (b'{"prompt": "a", "response": "b"}\n{"prompt": "\xff\xfe", "response": "b"}\n',
+     r"a.jsonl line 2: not valid UTF-8 \(byte 0xff at column 13\)"),
+    (b'["prompt", "response"]\n', r"line 1: expected a JSON object, got list"),
+])
+def test_jsonl_errors_name_file_line_field(tmp_path, content, pattern):
+    path = write(tmp_path, "a.jsonl", content)
+    with pytest.raises(InputError, match=pattern):
+        list(read_examples(path))
+
+
+def test_error_carries_structured_location(tmp_path):
+    path = write(tmp_path, "a.jsonl", b'{"prompt": "a"}\n')
+    with pytest.raises(InputError) as info:
+        list(read_examples(path))
+    assert (info.value.source, info.value.line, info.value.field) == (path, 1, "response")
+
+
+def test_csv(tmp_path):
+    path = write(tmp_path, "a.csv", 'id,prompt,response\n1,"Hi, there", " yes"\n2,x,\n'
+                 .encode())
+    exs = list(read_examples(path))
+    assert [(e.id, e.prompt, e.response, e.line) for e in exs] == [
+        ("1", "Hi, there", ' " yes"', 2), ("2", "x", "", 3)]
+
+
+def test_csv_missing_column(tmp_path):
+    path = write(tmp_path, "a.csv", b"prompt,answer\na,b\n")
+    with pytest.raises(InputError, match=r'a.csv line 2: missing field "response"'):
+        list(read_examples(path))
+
+
+def test_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "a.parquet")
+    pq.write_table(pa.table({"prompt": ["a", "b"], "response": ["x", None]}), path)
+    gen = read_examples(path)
+    assert next(gen).response == "x"
+    with pytest.raises(InputError, match=r"a.parquet line 2: field \"response\" must be a "
+                       "string, got null"):
+        next(gen)
+
+
+def test_stdin(monkeypatch):
+    data = b'{"prompt": "a", "response": "b"}\n'
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    (ex,) = read_examples("-")
+    assert (ex.prompt, ex.source) == ("a", "<stdin>")
+
+
+def test_missing_file_and_unknown_extension(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        list(read_examples(str(tmp_path / "nope.jsonl")))
+    with pytest.raises(InputError, match="--format"):
+        detect_format("data.txt")
+
+
+def test_python_objects():
+    exs = list(to_examples([("a", "b"), {"prompt": "c", "response": "d", "id": 3}]))
+    assert [(e.prompt, e.response, e.id) for e in exs] == [("a", "b", None), ("c", "d", 3)]
+    with pytest.raises(InputError, match="record 1|<python> line 1"):
+        list(to_examples([42]))
