@@ -133,3 +133,28 @@ def test_resume_refuses_a_different_input(tmp_path, tiny_model_dir, capsys):
     assert main(["score", a, "--model", tiny_model_dir, "-o", out]) == 0
     assert main(["score", b, "--model", tiny_model_dir, "-o", out, "--resume"]) == 2
     assert "same input" in capsys.readouterr().err
+
+
+def test_progress_bar_on_a_terminal(tmp_path, pairs_file, tiny_model_dir):
+    """stderr on a pseudo-terminal gets a rich progress bar; stdout still has only records."""
+    import pty
+
+    master, slave = pty.openpty()
+    out = tmp_path / "o.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "loglik", "score", pairs_file, "--model",
+                             tiny_model_dir, "-o", str(out)], stderr=slave,
+                            env={**os.environ, "COLUMNS": "100", "TERM": "xterm"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=120) == 0
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert "scoring" in screen and f"{len(PAIRS)}/{len(PAIRS)}" in screen
+    assert len(out.read_text().splitlines()) == len(PAIRS)

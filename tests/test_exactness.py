@@ -105,3 +105,15 @@ def test_model_whose_head_fast_path_is_wrong_falls_back(tokenizers, caplog):
     enc = scorer.encode("Hello", " world")
     assert scorer.score("Hello", " world").logprob == pytest.approx(
         reference(model, enc).sum().item(), abs=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_reference(tokenizers):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    tok = tokenizers["sentencepiece"]
+    model = tiny_model("llama", len(tok), scale=10.0, seed=1)
+    cpu = Scorer.from_hf(model, tok).score_many(PAIRS)
+    gpu = Scorer.from_hf(model.to("cuda"), tok).score_many(PAIRS)
+    for a, b in zip(cpu, gpu):
+        assert b.logprob == pytest.approx(a.logprob, abs=1e-4)
