@@ -91,6 +91,12 @@ class Scorer:
         return self.score_many([Example(prompt, response, source="<python>", line=1)],
                                rank=rank, entropy=entropy, top_k=top_k)[0]
 
+    def explain(self, prompt: str, response: str, *, top_k: int = 5) -> Any:
+        """The per-token decomposition of one pair (:class:`loglik.explain.Explanation`)."""
+        from .explain import explain
+
+        return explain(self, prompt, response, top_k=top_k)
+
     def score_many(self, examples: Iterable[Any], *, fields: Fields = Fields(),
                    rank: bool = False, entropy: bool = False, top_k: int = 0) -> list[Score]:
         """Score pairs, dicts or Examples; the list is in input order."""
