@@ -19,7 +19,13 @@ from .types import Detail, Encoded, Example, Request, Score, TokenResult
 __version__ = "0.1.0"
 
 # Entry points that live in heavier modules, imported on first use: name -> "module:attr".
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "compare": "loglik.compare:compare",
+    "Comparison": "loglik.compare:Comparison",
+    "choose": "loglik.choose:choose",
+    "corpus_stats": "loglik.metrics:corpus_stats",
+    "word_logprobs": "loglik.metrics:word_logprobs",
+}
 
 __all__ = sorted([
     "BackendError", "ConfigError", "ContextLengthError", "Detail", "Encoded", "Example",

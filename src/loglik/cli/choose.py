@@ -1,0 +1,88 @@
+"""``loglik choose DATA``: multiple choice, the pick under each rule, accuracies with gold.
+
+Reads rows with a context, a list of choices and optionally the gold index (JSONL or
+Parquet). ``-o FILE`` writes one JSON line per row (choice log-probs, counts, picks,
+correctness); the terminal gets the accuracy table (``--json``: one JSON object with the
+accuracies and, without ``-o``, the rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from .common import add_encode_options, add_model_options
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("choose", help="multiple choice: pick a choice under each rule",
+                       description="Score every choice of every row of DATA as a response to "
+                       "its context; pick under sum, per_token, per_byte, per_char and "
+                       "mutual_info; with gold labels, report accuracies and standard errors.")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("-o", "--output", default=None,
+                   help="per-row JSONL output ('-': stdout)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--mutual-info", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score each choice after --neutral-prompt (default on)")
+    p.add_argument("--neutral-prompt", default="",
+                   help="context-free prompt of the mutual_info rule (default: empty, i.e. BOS)")
+    p.add_argument("--context-field", default="context", help="field holding the context")
+    p.add_argument("--choices-field", default="choices", help="field holding the choice list")
+    p.add_argument("--gold-field", default="gold",
+                   help="field holding the gold index (or the gold choice's text)")
+    p.add_argument("--id-field", default="id", help="field carried through as the row id")
+    p.add_argument("--format", choices=("jsonl", "parquet"), default=None,
+                   help="input format (default: from the file name; '-' is JSONL)")
+    add_model_options(p)
+    add_encode_options(p)
+    p.set_defaults(run=run)
+
+
+def accuracy_table(models: list[dict[str, Any]]) -> Any:
+    """A rich table: one row per rule, one column per model, accuracy ± standard error."""
+    from rich.table import Table
+
+    rules = list(models[0]["rules"]) if models else []
+    title = f"multiple choice: {models[0]['num_rows']} rows, {models[0]['num_gold']} with gold"
+    t = Table(title=title if rules else title + " (no gold labels: no accuracies)")
+    t.add_column("rule")
+    for m in models:
+        t.add_column(m.get("name", "accuracy"), justify="right")
+    for rule in rules:
+        cells = []
+        for m in models:
+            acc, se = m["rules"][rule]["accuracy"], m["rules"][rule]["stderr"]
+            cells.append(f"{acc:.3f} ± {se:.3f}" if not math.isnan(se) else f"{acc:.3f}")
+        t.add_row(rule, *cells)
+    return t
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..choose import ChoiceFields, choose, read_choice_rows
+    from ..io import open_jsonl_output
+    from .common import scorer_from_args
+
+    fields = ChoiceFields(context=args.context_field, choices=args.choices_field,
+                          gold=args.gold_field, id=args.id_field)
+    rows = list(read_choice_rows(args.data, fields, args.format))
+    scorer = scorer_from_args(args)
+    results = choose(scorer, rows, mutual_info=args.mutual_info,
+                     neutral_prompt=args.neutral_prompt)
+    if args.output is not None:
+        with open_jsonl_output(args.output) as writer:
+            for r in results.rows:
+                writer.write(r.to_record())
+    if args.output in ("-",):
+        return 0
+    if args.json:
+        out = results.to_dict() if args.output is None else results.summary.to_dict()
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        Console().print(accuracy_table([{"name": args.model or "default model",
+                                         **results.summary.to_dict()}]))
+    return 0

@@ -1,0 +1,1 @@
+"""Presentation of results: plots (matplotlib) and reports; imported lazily."""
