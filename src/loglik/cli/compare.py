@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="draw the difference distribution and one example's token traces")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="write a self-contained HTML report: the responses under the first two "
+                   "models side by side, with per-token differences")
     p.add_argument("--plot-example", type=int, default=None, metavar="INDEX",
                    help="0-based example drawn in the plot (default: largest difference)")
     p.add_argument("--choices", action="store_true",
@@ -96,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
         from ..render.plots import plot_comparison
 
         plot_comparison(comparison, args.plot, example=args.plot_example)
+    if args.html:
+        from ..render.html import comparison_report, write
+
+        write(args.html, comparison_report(comparison))
     if args.json:
         print(json.dumps(comparison.to_dict(), ensure_ascii=False, default=str))
     else:

@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=0, help="add the k most probable alternatives")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress on stderr (default: when stderr is a terminal)")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="also write a self-contained HTML report of the first 500 records "
+                   "(tokens coloured by log-prob; --rank, --entropy, --top-k add to it)")
     add_data_options(p)
     add_model_options(p)
     add_encode_options(p)
@@ -67,12 +70,20 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"the output already has {writer.done} records but the input "
                                  f"has only {skipped}; is this the same input?",
                                  source=args.output)
+        report = None
+        if getattr(args, "html", None):
+            from ..render.html import ReportCollector
+
+            report = ReportCollector(args.html)
+            examples = report.watch(examples)
         with Progress("scoring", total=total, enabled=args.progress) as progress:
             progress.advance(writer.done)
             scores = scorer.iter_scores(examples, rank=args.rank, entropy=args.entropy,
                                         top_k=args.top_k)
             done, seen = writer.done, restart
             for seen, score in enumerate(scores, start=restart + 1):
+                if report is not None:
+                    report.add(score)
                 if seen <= done:
                     if seen == done and score.id != writer.last_id:
                         raise InputError(
@@ -85,4 +96,7 @@ def run(args: argparse.Namespace) -> int:
             if seen < done:
                 raise InputError(f"the output already has {done} records but the input has "
                                  f"only {seen}; is this the same input?", source=args.output)
+    if report is not None:
+        report.write(scorer.tokenizer, model=args.model,
+                     color_by="rank" if args.rank else "logprob")
     return 0

@@ -269,3 +269,47 @@ def write(path: str, page: str) -> None:
             handle.write(page)
     except OSError as exc:
         raise InputError(f"cannot write the HTML report: {exc.strerror}", source=path) from None
+
+
+class ReportCollector:
+    """Gathers the first ``limit`` scores of a stream (with their prompts) for a report.
+
+    ``loglik score --html FILE`` wraps its examples with :meth:`watch`, passes each score to
+    :meth:`add` and calls :meth:`write` at the end; the JSONL output is unchanged.
+    """
+
+    def __init__(self, path: str, *, limit: int = 500) -> None:
+        self.path, self.limit = path, limit
+        self.prompts: list[str] = []
+        self.scores: list[Any] = []
+        self.seen = 0
+
+    def watch(self, examples: Any) -> Any:
+        for ex in examples:
+            if len(self.prompts) < self.limit:
+                self.prompts.append(ex.prompt)
+            yield ex
+
+    def add(self, score: Any) -> None:
+        self.seen += 1
+        if len(self.scores) < self.limit:
+            self.scores.append(score)
+
+    def write(self, tokenizer: Any = None, *, model: str | None = None,
+              color_by: str = "logprob") -> None:
+        if color_by == "rank" and self.scores and self.scores[0].token_ranks is None:
+            color_by = "logprob"          # no ranks were computed (--rank not given)
+        write(self.path, score_report(self.scores, tokenizer, prompts=self.prompts,
+                                      model=model, color_by=color_by,
+                                      omitted=self.seen - len(self.scores)))
+
+
+def comparison_report(comparison: Any, *, color_by: str = "logprob") -> str:
+    """:func:`compare_report` of the first two models of a :class:`loglik.compare.Comparison`."""
+    toks = list(comparison.tokenizers) + [None, None]
+    return compare_report(comparison.scores[0], comparison.scores[1],
+                          names=(comparison.names[0], comparison.names[1]),
+                          tokenizer_a=toks[0], tokenizer_b=toks[1],
+                          prompts=[ex.prompt for ex in comparison.examples],
+                          title=f"loglik compare: {comparison.names[0]} vs "
+                                f"{comparison.names[1]}", color_by=color_by)

@@ -1,0 +1,53 @@
+"""``loglik audit [DATA]``: can this model's log-probs be trusted? PASS / FAIL per check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import add_data_options, add_encode_options, add_model_options, fields_from_args
+
+CHECKS = ("kv_cache", "invariance", "normalisation", "tokenizer")   # = loglik.audit.CHECKS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="check that a model's log-probs are consistent",
+                       description="Check the model and tokenizer: full forward vs KV-cache "
+                       "decoding, batch/padding/packing/shared-context invariance, normalisation, "
+                       "tokenizer vs model; with --check FILE, diagnose another tool's log-probs. "
+                       "Exits 1 when a check fails.")
+    p.add_argument("data", metavar="DATA", nargs="?", default=None,
+                   help="pairs to run the checks on (default: a built-in set)")
+    p.add_argument("--check", default=None, metavar="FILE",
+                   help="JSONL of prompt, response, token_logprobs and/or logprob from another "
+                   "tool: recompute each record and diagnose the ones that disagree")
+    p.add_argument("--checks", default=",".join(CHECKS),
+                   help=f"comma-separated checks to run (default: {','.join(CHECKS)})")
+    p.add_argument("--max-examples", type=int, default=16,
+                   help="examples used by the model checks (default 16)")
+    p.add_argument("--atol", type=float, default=1e-3,
+                   help="tolerance per token (nats) for --check records (default 1e-3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    add_data_options(p)
+    add_model_options(p)
+    add_encode_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..audit import audit
+    from ..data import read_examples
+    from .common import scorer_from_args
+
+    checks = [c.strip() for c in args.checks.split(",") if c.strip()]
+    fields = fields_from_args(args)
+    examples = (read_examples(args.data, fields, args.format) if args.data is not None
+                else None)
+    scorer = scorer_from_args(args)
+    report = audit(scorer, examples, check_file=args.check, checks=checks,
+                   max_examples=args.max_examples, atol=args.atol, fields=fields)
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False, default=str))
+    else:
+        report.print()
+    return 0 if report.passed else 1
