@@ -12,7 +12,7 @@ from typing import Any
 
 from .data import Fields, read_examples
 from .errors import (BackendError, ConfigError, ContextLengthError, InputError, LoglikError,
-                     MissingExtraError, ModelLoadError, TokenizationError)
+                     MissingExtraError, ModelLoadError, TokenizationError, TrainingError)
 from .scorer import Scorer
 from .types import Detail, Encoded, Example, Request, Score, TokenResult
 
@@ -21,6 +21,8 @@ __version__ = "0.1.0"
 # Entry points that live in heavier modules, imported on first use: name -> "module:attr".
 _LAZY: dict[str, str] = {
     "compare": "loglik.compare:compare",
+    "conditional_nll": "loglik.objective:conditional_nll",
+    "train": "loglik.trainer:train",
     "Comparison": "loglik.compare:Comparison",
     "choose": "loglik.choose:choose",
     "corpus_stats": "loglik.metrics:corpus_stats",
@@ -30,7 +32,7 @@ _LAZY: dict[str, str] = {
 __all__ = sorted([
     "BackendError", "ConfigError", "ContextLengthError", "Detail", "Encoded", "Example",
     "Fields", "InputError", "LoglikError", "MissingExtraError", "ModelLoadError", "Request",
-    "Score", "Scorer", "TokenResult", "TokenizationError", "read_examples", *_LAZY,
+    "Score", "Scorer", "TokenResult", "TokenizationError", "TrainingError", "read_examples", *_LAZY,
 ])
 
 

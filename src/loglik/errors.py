@@ -10,6 +10,7 @@ expected, what was received and what to do. The tree::
     ├── TokenizationError       the prompt/response boundary could not be made exact
     ├── ContextLengthError      an example does not fit the model's context
     ├── BackendError            a backend failed or returned something inconsistent
+    ├── TrainingError           training diverged (a NaN/inf loss) or cannot resume
     └── MissingExtraError       an optional dependency is not installed (names the pip extra)
 """
 
@@ -59,6 +60,10 @@ class ContextLengthError(InputError):
 
 class BackendError(LoglikError, RuntimeError):
     """A backend failed or returned results inconsistent with the request."""
+
+
+class TrainingError(LoglikError, RuntimeError):
+    """Training cannot go on: a non-finite loss, or a checkpoint that does not fit the run."""
 
 
 class MissingExtraError(LoglikError, ImportError):

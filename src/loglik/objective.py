@@ -1,0 +1,248 @@
+"""The differentiable twin of the scorer: the response-only negative log-likelihood.
+
+Maximising ``sum log Pr(y | x)`` over a dataset is minimising the cross-entropy of the
+response tokens. :func:`conditional_nll` computes it for a batch built by :func:`collate`
+from the scorer's own :class:`~loglik.types.Encoded` records (same BOS, boundary and shift
+rules), so ``-conditional_nll(model, batch, reduction="sum")`` equals the sum of the
+scorer's ``logprob`` over the batch's examples (fp32: within 1e-4 nats).
+
+Batch format (the Hugging Face convention, so it plugs into ``transformers.Trainer``)::
+
+    input_ids       (B, T)  context + response tokens, right-padded
+    attention_mask  (B, T)  1 for real tokens
+    labels          (B, T)  the response tokens where they sit, -100 elsewhere
+                            (context, BOS, padding); position t predicts labels[t+1]
+
+Reductions (``reduction=``):
+
+* ``"sum"``: the summed NLL of every response token, in nats.
+* ``"token_mean"``: the sum divided by the number of response tokens of the *whole step*.
+  With gradient accumulation or several processes, pass ``num_items_in_batch`` = the
+  response tokens of all micro-batches of the step; then the gradients of the micro-batch
+  losses add up to exactly the gradient of one big batch (dividing each micro-batch by its
+  own count does not: that was the bug transformers fixed in 4.46).
+* ``"sequence_mean"``: the sum divided by the number of sequences (``num_items_in_batch``
+  = sequences of the whole step when accumulating): the mean of ``-log Pr(y | x)``.
+
+The output head runs only on positions that predict a response token, ``chunk_size`` rows at
+a time, with fp32 logsumexp; for a plain linear head (every HF causal LM without a logit
+transform) the gradient is computed in the same pass (a fused linear cross-entropy), so
+memory is O(chunk x vocab) whatever the sequence length. Plain equivalent::
+
+    F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                    ignore_index=-100, reduction="sum")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from .errors import ConfigError
+from .logprobs import CHUNK_BYTES, shift
+
+IGNORE = -100
+Reduction = Literal["sum", "token_mean", "sequence_mean"]
+REDUCTIONS = ("sum", "token_mean", "sequence_mean")
+
+
+def collate(encoded: Sequence[Any], *, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded training batch from :class:`~loglik.types.Encoded` records.
+
+    Each row reads ``context_ids + response_ids``; ``labels`` holds the response ids at
+    their positions and -100 elsewhere, so the loss is exactly the scorer's sum.
+
+    >>> from loglik.types import Encoded
+    >>> b = collate([Encoded((1, 5), (6, 7), " x y", "joint"), Encoded((1,), (9,), "z", "joint")])
+    >>> b["labels"].tolist()
+    [[-100, -100, 6, 7], [-100, 9, -100, -100]]
+    """
+    rows = [list(e.context_ids) + list(e.response_ids) for e in encoded]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)        # (B, T)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)               # (B, T)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)     # (B, T)
+    for b, (e, row) in enumerate(zip(encoded, rows)):
+        if not e.context_ids:
+            raise ConfigError(f"example {b} of the batch has no context token to predict its "
+                              "first response token from; encode it with loglik.tokenize.Encoder")
+        ids[b, :len(row)] = torch.tensor(row)
+        mask[b, :len(row)] = 1
+        n = len(e.context_ids)
+        labels[b, n:len(row)] = torch.tensor(list(e.response_ids), dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def conditional_nll(model: Any, batch: dict[str, torch.Tensor], *,
+                    reduction: Reduction = "sum", num_items_in_batch: int | None = None,
+                    chunk_size: int | None = None) -> torch.Tensor:
+    """Response-only negative log-likelihood of a causal LM on a batch (differentiable).
+
+    Args:
+        model: a ``transformers`` causal LM (``AutoModelForCausalLM``).
+        batch: ``input_ids``, ``attention_mask``, ``labels`` (see :func:`collate`), (B, T).
+        reduction: ``"sum"``, ``"token_mean"`` or ``"sequence_mean"`` (module docstring).
+        num_items_in_batch: the divisor of the means for the whole optimisation step
+            (response tokens for ``token_mean``, sequences for ``sequence_mean``); default:
+            this batch's own count.
+        chunk_size: output-head rows per chunk (default: about 64 MiB of fp32 logits).
+
+    Returns:
+        A scalar tensor (fp32): ``-sum log Pr(y | x)`` reduced as asked.
+
+    Example:
+        >>> loss = conditional_nll(model, collate(encoder.encode_many(examples)),
+        ...                        reduction="token_mean")              # doctest: +SKIP
+        >>> loss.backward()                                              # doctest: +SKIP
+    """
+    loss, _ = response_nll(model, batch, reduction=reduction,
+                           num_items_in_batch=num_items_in_batch, chunk_size=chunk_size)
+    return loss
+
+
+def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
+                 reduction: Reduction = "sum", num_items_in_batch: int | None = None,
+                 chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`conditional_nll` plus each row's summed NLL, detached, fp64, shape (B,)."""
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    device = next(model.parameters()).device
+    ids = batch["input_ids"].to(device)                                   # (B, T)
+    mask = batch.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else mask.to(device)      # (B, T)
+    _, targets = shift(ids.unsqueeze(-1), batch["labels"].to(device))     # (B, T-1)
+    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)               # (N,), (N,)
+    tgt = targets[rows, cols]                                              # (N,)
+    weights = _weights(reduction, rows, ids.shape[0], num_items_in_batch)  # (N,)
+
+    body = model.base_model if model.base_model is not model else None
+    head = model.get_output_embeddings()
+    transform = _logit_transform(model.config)
+    if body is not None and isinstance(head, torch.nn.Linear) and transform is None:
+        out = body(input_ids=ids, attention_mask=mask, use_cache=False)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        h, _ = shift(hidden, targets)                                      # (B, T-1, H)
+        h = h[rows, cols]                                                  # (N, H)
+        weight, bias = head.weight, head.bias
+        if not torch.is_grad_enabled():   # no backward will come: skip computing gradients
+            h, weight = h.detach(), weight.detach()
+            bias = bias.detach() if bias is not None else None
+        loss, token_nll = FusedLinearNLL.apply(h, weight, bias, tgt, weights,
+                                               _chunk(chunk_size, weight.shape[0]))
+    else:   # a logit transform or an unusual head: per-token NLL from the model's logits
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B,T,V)
+        lg, _ = shift(logits, targets)                                     # (B, T-1, V)
+        lg = lg[rows, cols].float()                                        # (N, V)
+        token_nll = torch.logsumexp(lg, -1) - lg.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        loss = (token_nll * weights).sum()                                 # ()
+    per_row = torch.zeros(ids.shape[0], dtype=torch.float64, device=device)
+    per_row.index_add_(0, rows, token_nll.detach().double())              # (B,)
+    return loss, per_row.cpu()
+
+
+def _weights(reduction: str, rows: torch.Tensor, batch_size: int,
+             num_items: int | torch.Tensor | None) -> torch.Tensor:
+    """Per-token factor of the reduction: 1, 1/tokens of the step or 1/sequences of the step."""
+    w = torch.ones(rows.shape[0], dtype=torch.float32, device=rows.device)  # (N,)
+    if reduction == "sum":
+        return w
+    if num_items is None:
+        num_items = rows.numel() if reduction == "token_mean" else rows.unique().numel()
+    num_items = float(num_items.item() if torch.is_tensor(num_items) else num_items)
+    if num_items <= 0:
+        raise ConfigError(f"num_items_in_batch must be positive for reduction={reduction!r}, "
+                          f"got {num_items}")
+    return w / num_items
+
+
+def _chunk(chunk_size: int | None, vocab_size: int) -> int:
+    return chunk_size or max(16, CHUNK_BYTES // (4 * max(vocab_size, 1)))
+
+
+def _logit_transform(config: Any):
+    from .backends.hf import _logit_transform as transform_of
+
+    return transform_of(config)
+
+
+class FusedLinearNLL(torch.autograd.Function):
+    """``sum_i w_i * (logsumexp(h_i W^T + b) - (h_i W^T + b)[y_i])``, chunked.
+
+    Equivalent to ``(w * F.cross_entropy(h @ W.T + b, y, reduction="none")).sum()`` with
+    fp32 logits, but the (N, V) logits never exist at once: each chunk's gradient with respect
+    to ``h``, ``W`` and ``b`` is computed in the forward pass and scaled by the upstream
+    gradient in the backward pass. Returns the scalar loss and the unweighted per-token NLL
+    (N,), the latter detached.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None, targets: torch.Tensor, weights: torch.Tensor,
+                chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = hidden.shape[0]
+        want = ctx.needs_input_grad[:3]
+        w_mm = weight.to(hidden.dtype)                                      # (V, H)
+        nll = torch.empty(n, dtype=torch.float32, device=hidden.device)     # (N,)
+        g_hidden = torch.empty_like(hidden) if want[0] else None            # (N, H)
+        g_weight = torch.zeros_like(weight, dtype=torch.float32) if want[1] else None  # (V, H)
+        g_bias = (torch.zeros_like(bias, dtype=torch.float32)
+                  if bias is not None and want[2] else None)                # (V,)
+        for s in range(0, n, chunk):
+            h = hidden[s:s + chunk]                                          # (C, H)
+            t = targets[s:s + chunk]                                         # (C,)
+            w = weights[s:s + chunk]                                         # (C,)
+            logits = (h @ w_mm.T).float()                                    # (C, V) fp32
+            if bias is not None:
+                logits = logits + bias.float()
+            lse = torch.logsumexp(logits, -1)                                # (C,)
+            nll[s:s + chunk] = lse - logits.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+            if not any(want):
+                continue
+            # d(w_i nll_i)/d logits_i = w_i (softmax(logits_i) - onehot(y_i))
+            grad = torch.exp(logits - lse.unsqueeze(-1))                     # (C, V)
+            grad[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+            grad.mul_(w.unsqueeze(-1))
+            if g_hidden is not None:
+                g_hidden[s:s + chunk] = grad.to(hidden.dtype) @ w_mm         # (C, H)
+            if g_weight is not None:
+                g_weight.addmm_(grad.T, h.float())                           # (V, H)
+            if g_bias is not None:
+                g_bias.add_(grad.sum(0))                                     # (V,)
+        ctx.grads = (g_hidden, g_weight, g_bias)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        ctx.mark_non_differentiable(nll)
+        loss = (nll * weights).sum()                                         # ()
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, grad_nll: Any) -> tuple[Any, ...]:
+        scale = grad_loss.float()
+        out = [None if g is None else (g.float() * scale).to(dt)
+               for g, dt in zip(ctx.grads, ctx.dtypes)]
+        ctx.grads = None
+        return out[0], out[1], out[2], None, None, None
+
+
+def trainer_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None
+                 ) -> torch.Tensor:
+    """``compute_loss_func`` for ``transformers.Trainer``: response-only token-mean NLL.
+
+    The Trainer passes the model's outputs (full logits), the ``labels`` of :func:`collate`
+    (or of any collator using -100 for ignored positions) and the step's count of predicted
+    tokens; the loss is divided by that count, so gradient accumulation gives the gradient
+    of one big batch. Log-softmax in fp32.
+
+    Example:
+        >>> Trainer(model=model, args=args, train_dataset=ds, data_collator=...,
+        ...         compute_loss_func=trainer_loss)                          # doctest: +SKIP
+    """
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits   # (B, T, V)
+    lg, lb = shift(logits, labels.to(logits.device))                      # (B, T-1, V), (B, T-1)
+    keep = lb != IGNORE                                                   # (B, T-1)
+    lg, lb = lg[keep].float(), lb[keep]                                   # (N, V), (N,)
+    nll = torch.logsumexp(lg, -1) - lg.gather(-1, lb.unsqueeze(-1)).squeeze(-1)   # (N,)
+    if num_items_in_batch is None:
+        return nll.mean() if nll.numel() else nll.sum()
+    return nll.sum() / num_items_in_batch

@@ -1,0 +1,147 @@
+"""Training data: prompt/response records or plain text, as the scorer's Encoded records.
+
+Two kinds of input, both read with the scorer's readers and encoded by its
+:class:`~loglik.tokenize.Encoder` (so BOS and boundary rules are the scorer's):
+
+* **prompt/response** (JSONL, CSV, Parquet with ``prompt``/``response`` fields, as for
+  ``loglik score``): only response tokens are trained on.
+* **plain text** (pre-training; every token a response token): a ``.txt`` file whose
+  documents are separated by blank lines, or any record file with a text field
+  (``text_field="text"``, ``--text-field text``) holding one document per record. A document
+  is the pair ``("", document)``: it is conditioned on BOS (EOS where the tokenizer has no
+  BOS), exactly as ``loglik score`` scores a record with an empty prompt. A document longer
+  than ``block_size`` tokens is cut into blocks of ``block_size`` response tokens, each
+  conditioned on that start token again.
+
+Batches come from the scorer's planner (:func:`loglik.plan.plan_batches`): examples of
+similar length together, at most ``batch_tokens`` padded tokens per batch. The order of the
+batches is shuffled per epoch from the seed, so a resumed run sees the same order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .data import Fields, iter_records, read_examples
+from .errors import InputError
+from .plan import plan_batches
+from .tokenize import Encoder
+from .types import Encoded, Example
+
+# Examples tokenized together (two batched tokenizer calls per window).
+WINDOW = 1024
+
+
+def is_text_input(path: str, text_field: str | None) -> bool:
+    """Plain text when a text field is named or the file ends in ``.txt``."""
+    return text_field is not None or Path(path).suffix.lower() == ".txt"
+
+
+def load_examples(path: str, encoder: Encoder, *, text_field: str | None = None,
+                  fields: Fields = Fields(), fmt: str | None = None,
+                  block_size: int | None = None) -> list[Encoded]:
+    """Read and encode a whole training or evaluation file."""
+    if is_text_input(path, text_field):
+        return load_text(path, encoder, text_field=text_field, fmt=fmt, block_size=block_size)
+    return _encode_all(read_examples(path, fields, fmt), encoder)
+
+
+def _encode_all(examples: Iterator[Example], encoder: Encoder) -> list[Encoded]:
+    out: list[Encoded] = []
+    window: list[Example] = []
+    for ex in examples:
+        window.append(ex)
+        if len(window) == WINDOW:
+            out += encoder.encode_many(window)
+            window = []
+    if window:
+        out += encoder.encode_many(window)
+    return out
+
+
+def iter_documents(path: str, *, text_field: str | None = None, fmt: str | None = None
+                   ) -> Iterator[Example]:
+    """Documents of a text input as ``Example("", document)`` (file and line kept)."""
+    if text_field is None:
+        yield from _txt_documents(path)
+        return
+    for line, record in iter_records(path, fmt):
+        if text_field not in record:
+            raise InputError(f'missing field "{text_field}" (fields present: '
+                             f'{", ".join(record) or "none"}); pass --text-field NAME',
+                             source=path, line=line, field=text_field)
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise InputError(f'field "{text_field}" must be a string, got '
+                             f"{type(text).__name__}", source=path, line=line, field=text_field)
+        if text:
+            yield Example("", text, source=path, line=line)
+
+
+def _txt_documents(path: str) -> Iterator[Example]:
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("no such file", source=path) from None
+    lines: list[str] = []
+    start = 1
+    with handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    if not lines:
+                        start = number
+                    lines.append(line)
+                elif lines:
+                    yield Example("", "".join(lines).rstrip("\n"), source=path, line=start)
+                    lines = []
+        except UnicodeDecodeError:
+            raise InputError("not valid UTF-8; re-encode the file as UTF-8", source=path) from None
+    if lines:
+        yield Example("", "".join(lines).rstrip("\n"), source=path, line=start)
+
+
+def load_text(path: str, encoder: Encoder, *, text_field: str | None = None,
+              fmt: str | None = None, block_size: int | None = None) -> list[Encoded]:
+    """Encode plain-text documents; cut those longer than ``block_size`` into blocks."""
+    limit = block_size or _default_block(encoder.max_length)
+    # Documents are encoded without the context limit, then cut to fit it.
+    unlimited = Encoder(encoder.tok, encoder.options, max_length=None)
+    out: list[Encoded] = []
+    for enc in _encode_all(iter_documents(path, text_field=text_field, fmt=fmt), unlimited):
+        ids = enc.response_ids
+        if len(ids) <= limit:
+            out.append(enc)
+            continue
+        for s in range(0, len(ids), limit):
+            out.append(Encoded(enc.context_ids, ids[s:s + limit], "", enc.boundary,
+                               eos_scored=enc.eos_scored and s + limit >= len(ids)))
+    if not out:
+        raise InputError("no text to train on (the file has no non-empty document)", source=path)
+    return out
+
+
+def _default_block(max_length: int | None) -> int:
+    """Response tokens per block: the model reads the start token plus the block."""
+    return min(max_length - 1, 1024) if max_length else 1024
+
+
+def row_length(enc: Encoded) -> int:
+    """Tokens a training row reads: the context and every response token."""
+    return len(enc.context_ids) + len(enc.response_ids) if enc.response_ids else 0
+
+
+def plan_epoch(encoded: Sequence[Encoded], batch_tokens: int, *, seed: int, epoch: int
+               ) -> list[tuple[int, ...]]:
+    """Token-budget batches (indices into ``encoded``) in this epoch's shuffled order."""
+    plan = plan_batches([row_length(e) for e in encoded], batch_tokens)
+    batches = [b.indices for b in plan.batches]
+    random.Random(seed * 1_000_003 + epoch).shuffle(batches)
+    return batches
+
+
+def steps_of(batches: Sequence[tuple[int, ...]], grad_accum: int) -> list[list[tuple[int, ...]]]:
+    """Group batches into optimiser steps of ``grad_accum`` micro-batches (last may be short)."""
+    return [list(batches[i:i + grad_accum]) for i in range(0, len(batches), grad_accum)]
