@@ -148,10 +148,44 @@ def record_to_example(record: Mapping[str, Any], fields: Fields = Fields(), *,
 
 def read_examples(path: str, fields: Fields = Fields(), fmt: str | None = None
                   ) -> Iterator[Example]:
-    """Stream the examples of a file (``-`` for JSONL on stdin)."""
-    source = "<stdin>" if path == "-" else path
-    for line, record in iter_records(path, fmt):
-        yield record_to_example(record, fields, source=source, line=line)
+    """Stream the examples of a file, a folder or glob of shards, or ``-`` (JSONL on stdin)."""
+    for shard in expand_inputs(path):
+        source = "<stdin>" if shard == "-" else shard
+        for line, record in iter_records(shard, fmt):
+            yield record_to_example(record, fields, source=source, line=line)
+
+
+_DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".pq")
+
+
+def expand_inputs(path: str) -> list[str]:
+    """The shard files a DATA argument names, in order.
+
+    A file (or ``-``) is itself; a folder gives its data files (by suffix, recursively, sorted,
+    skipping names that start with ``.`` or ``_`` such as ``_SUCCESS``); a glob pattern
+    (``data/*.parquet``, ``data/**/*.jsonl``) gives the files it matches, sorted.
+    """
+    import glob
+    import os
+
+    if path == "-" or os.path.isfile(path):
+        return [path]
+    if os.path.isdir(path):
+        found = []
+        for root, dirs, files in os.walk(path):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+            found += [os.path.join(root, f) for f in files if not f.startswith((".", "_"))
+                      and f.lower().endswith(_DATA_SUFFIXES)]
+        if not found:
+            raise InputError(f"the folder has no data files ({', '.join(_DATA_SUFFIXES)})",
+                             source=path)
+        return sorted(found)
+    if glob.has_magic(path):
+        found = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+        if not found:
+            raise InputError("no file matches this pattern", source=path)
+        return found
+    return [path]   # not there: iter_records says so
 
 
 def to_examples(items: Iterable[Any], fields: Fields = Fields()) -> Iterator[Example]:
