@@ -97,6 +97,18 @@ class Scorer:
 
         return explain(self, prompt, response, top_k=top_k)
 
+    def score_text(self, text: str, *, stride: int | None = None, max_length: int | None = None,
+                   rank: bool = False, entropy: bool = False, top_k: int = 0) -> Score:
+        """log Pr(text) of a document of any length, by strided windows (:mod:`loglik.longtext`).
+
+        Each token is scored once, with ``max_length - stride + 1`` tokens of left context;
+        ``extra["num_windows"]`` says how many windows were run.
+        """
+        from .longtext import score_text
+
+        return score_text(self, text, stride=stride, max_length=max_length, rank=rank,
+                          entropy=entropy, top_k=top_k)
+
     def score_many(self, examples: Iterable[Any], *, fields: Fields = Fields(),
                    rank: bool = False, entropy: bool = False, top_k: int = 0) -> list[Score]:
         """Score pairs, dicts or Examples; the list is in input order."""
