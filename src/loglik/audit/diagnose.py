@@ -190,9 +190,10 @@ _REASONS = {
 
 
 def diagnose_record(scorer: Any, index: int, record: dict[str, Any], enc: Encoded, *,
-                    atol: float = 1e-3) -> RecordResult:
+                    atol: float = 1e-3, candidates: _Candidates | None = None
+                    ) -> RecordResult:
     """Recompute one record and name what went wrong, if anything."""
-    c = _Candidates(scorer, enc)
+    c = candidates or _Candidates(scorer, enc)
     ours = c.get("ours")
     expected = math.fsum(ours)
     tl, lp = record.get("token_logprobs"), record.get("logprob")
@@ -220,6 +221,7 @@ def check_file(scorer: Any, path: str, *, atol: float = 1e-3,
                                                                     list[RecordResult]]:
     """Check 5: every record of ``path`` recomputed and diagnosed."""
     results: list[RecordResult] = []
+    seen: dict[tuple[tuple[int, ...], tuple[int, ...]], _Candidates] = {}
     for index, record in read_check_file(path):
         ex = record_to_example(record, source=path, line=index + 1)
         try:
@@ -227,7 +229,13 @@ def check_file(scorer: Any, path: str, *, atol: float = 1e-3,
         except LoglikError as exc:
             results.append(RecordResult(index, False, "unknown", f"cannot encode: {exc}"))
             continue
-        results.append(diagnose_record(scorer, index, record, enc, atol=atol))
+        key = (enc.context_ids, enc.response_ids)   # records of the same pair share the work
+        if key not in seen:
+            if len(seen) >= 64:                     # bounded: forget the oldest pair
+                seen.pop(next(iter(seen)))
+            seen[key] = _Candidates(scorer, enc)
+        results.append(diagnose_record(scorer, index, record, enc, atol=atol,
+                                       candidates=seen[key]))
         if progress:
             progress()
     counts: dict[str, int] = {}
