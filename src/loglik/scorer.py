@@ -15,7 +15,7 @@ from typing import Any
 from .backends.base import Backend, check_results
 from .data import Fields, to_examples
 from .errors import ConfigError, LoglikError
-from .plan import plan_batches
+from .plan import plan_batches, plan_packed
 from .tokenize import EncodeOptions, Encoder, as_text_tokenizer
 from .types import Detail, Encoded, Example, Request, Score, TokenResult
 
@@ -33,6 +33,10 @@ class Scorer:
             prompt tokens from the left (the count is reported per score).
         batch_tokens: padded tokens per forward pass.
         window: examples tokenized and planned together when streaming.
+        share_context: requests whose contexts are the same token ids read the context once
+            (a tree-shaped mask), when the backend can (``backend.packing``).
+        pack: put several short examples side by side in one row (block-diagonal mask,
+            positions restarting per example) instead of padding, when the backend can.
 
     Example:
         >>> scorer = Scorer.from_pretrained("path/to/model")        # doctest: +SKIP
@@ -43,7 +47,8 @@ class Scorer:
 
     def __init__(self, backend: Backend, tokenizer: Any, *, bos: str = "auto",
                  score_eos: bool = False, whitespace: str = "move", truncate: str = "error",
-                 batch_tokens: int = 8192, window: int = 1024) -> None:
+                 batch_tokens: int = 8192, window: int = 1024, share_context: bool = True,
+                 pack: bool = True) -> None:
         if batch_tokens < 1 or window < 1:
             raise ConfigError("batch_tokens and window must be positive")
         self.backend = backend
@@ -53,6 +58,9 @@ class Scorer:
         self.encoder = Encoder(self.tokenizer, self.options, backend.max_length)
         self.batch_tokens = batch_tokens
         self.window = window
+        self.share_context = share_context
+        self.pack = pack
+        self.last_plan: Any = None   # the plan of the last run_requests (padding, sharing)
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -90,6 +98,22 @@ class Scorer:
         """log Pr(response | prompt) with its per-token terms."""
         return self.score_many([Example(prompt, response, source="<python>", line=1)],
                                rank=rank, entropy=entropy, top_k=top_k)[0]
+
+    def score_choices(self, prompt: str, choices: Sequence[str], *, rank: bool = False,
+                      entropy: bool = False, top_k: int = 0) -> list[Score]:
+        """log Pr(choice | prompt) for each choice, reading the prompt once.
+
+        Equivalent to ``[score(prompt, c) for c in choices]``: choices whose prompt tokens
+        are the same ids (every choice, unless the tokenizer merges across the boundary)
+        share one forward pass over the prompt (see ``share_context``).
+
+        Example:
+            >>> [s.logprob for s in scorer.score_choices("2+2=", ["4", "5"])]  # doctest: +SKIP
+            [-0.9, -3.2]
+        """
+        return self.score_many([Example(prompt, c, id=i, source="<python>", line=i + 1)
+                                for i, c in enumerate(choices)],
+                               rank=rank, entropy=entropy, top_k=top_k)
 
     def explain(self, prompt: str, response: str, *, top_k: int = 5) -> Any:
         """The per-token decomposition of one pair (:class:`loglik.explain.Explanation`)."""
@@ -160,16 +184,47 @@ class Scorer:
 
     def run_requests(self, requests: Sequence[Request], detail: Detail = Detail()
                      ) -> list[TokenResult]:
-        """Plan token-budget batches and run them through the backend, in request order."""
+        """Plan token-budget batches and run them through the backend, in request order.
+
+        With a backend that takes packed rows (``backend.packing``), requests sharing a
+        context read it once and short requests share rows (:func:`loglik.plan.plan_packed`);
+        otherwise rows are plain length-sorted batches (:func:`loglik.plan.plan_batches`).
+        """
         results: list[TokenResult | None] = [None] * len(requests)
+        if getattr(self.backend, "packing", False) and (self.share_context or self.pack):
+            return self._run_packed(requests, detail)
         lengths = [len(r.context_ids) + len(r.target_ids) - 1 if r.target_ids else 0
                    for r in requests]
         plan = plan_batches(lengths, self.batch_tokens)
+        self.last_plan = plan
         for batch in plan.batches:
             batch_requests = [requests[i] for i in batch.indices]
             out = self.backend.score(batch_requests, detail)
             check_results(batch_requests, out)
             for i, res in zip(batch.indices, out):
+                results[i] = res
+        for i, res in enumerate(results):
+            if res is None:   # empty response: nothing to forward
+                results[i] = TokenResult.empty(detail)
+        return results  # type: ignore[return-value]
+
+    def _run_packed(self, requests: Sequence[Request], detail: Detail) -> list[TokenResult]:
+        results: list[TokenResult | None] = [None] * len(requests)
+        plan = plan_packed([r.context_ids for r in requests],
+                           [len(r.target_ids) for r in requests], self.batch_tokens,
+                           share=self.share_context, pack=self.pack)
+        self.last_plan = plan
+        for batch in plan.batches:
+            if batch.simple:   # one request per row: the backend's plain padded rows
+                idx = [row[0].members[0] for row in batch.rows]
+                batch_requests = [requests[i] for i in idx]
+                out = self.backend.score(batch_requests, detail)
+                check_results(batch_requests, out)
+                results_of = dict(zip(idx, out))
+            else:
+                results_of = self.backend.score_packed(batch, requests, detail)
+                check_results([requests[i] for i in results_of], list(results_of.values()))
+            for i, res in results_of.items():
                 results[i] = res
         for i, res in enumerate(results):
             if res is None:   # empty response: nothing to forward

@@ -112,7 +112,13 @@ class HFBackend:
         self._body = model.base_model if model.base_model is not model else None
         self._head = head
         self._transform = _logit_transform(self.config)
+        self.dtype = next(model.parameters()).dtype
         self.fast = self._body is not None and head is not None and self._self_check()
+        # Packed / shared-context rows (backends/hf_packed.py), if this model reproduces
+        # scoring alone with a custom 4D mask; otherwise every request gets a row of its own.
+        from .hf_packed import packing_self_check
+
+        self.packing = packing_self_check(self)
 
     # -- forward -------------------------------------------------------------------------
     def _rows(self, requests: Sequence[Request]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,6 +172,13 @@ class HFBackend:
             for i, res in zip(live, self._score_rows([requests[i] for i in live], detail)):
                 results[i] = res
         return results  # type: ignore[return-value]
+
+    def score_packed(self, batch: Any, requests: Sequence[Request],
+                     detail: Detail = Detail()) -> dict[int, TokenResult]:
+        """Score a :class:`loglik.plan.PackedBatch`; ``{request index: result}``."""
+        from .hf_packed import score_packed
+
+        return score_packed(self, batch, requests, detail)
 
     @torch.inference_mode()
     def _score_rows(self, requests: Sequence[Request], detail: Detail) -> list[TokenResult]:

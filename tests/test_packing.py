@@ -1,0 +1,176 @@
+"""Packed rows and shared contexts give the same numbers as scoring each example alone.
+
+Every fast path is compared with (a) scoring the example alone (1e-5 nats per sequence) and
+(b) the float64 reference of a full forward (1e-4 nats per sequence). Contexts are longer
+than Gemma 2's 64-token sliding window so the per-layer masks are exercised.
+"""
+
+import logging
+import math
+
+import pytest
+import torch
+
+from loglik import Scorer
+from loglik.logprobs import reference_logprobs
+from loglik.masks import allowed, layout_rows
+from loglik.plan import plan_packed
+from loglik.testing import FAMILIES, tiny_model
+
+TOKENIZER_OF = {"gpt2": "byte_bpe", "llama": "sentencepiece", "mistral": "sentencepiece",
+                "qwen2": "no_bos", "gpt_neox": "byte_bpe", "opt": "no_bos",
+                "phi": "byte_bpe", "gemma2": "sentencepiece"}
+PROMPTS = ["The capital of France is",
+           "Question: what is the answer? The quick brown fox jumps over the lazy dog. " * 3,
+           "def add(a, b):", ""]
+RESPONSES = [" Paris.", " forty-two", "\n    return a + b", " the dog sleeps." * 3, "!"]
+PAIRS = [(p, r) for p in PROMPTS for r in RESPONSES]        # 4 shared contexts x 5 responses
+# Families that run by default; the rest of loglik.testing.FAMILIES run with the slow tests.
+DEFAULT = ("llama", "gpt2", "gemma2")
+
+
+def reference_logprob(model, enc):
+    ids = torch.tensor([list(enc.context_ids) + list(enc.response_ids)])   # (1, T)
+    with torch.no_grad():
+        logits = model(ids).logits                                         # (1, T, V)
+    return reference_logprobs(logits, ids)[0, len(enc.context_ids) - 1:].sum().item()
+
+
+@pytest.fixture(scope="module", params=[
+    f if f in DEFAULT else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES])
+def family(request, tokenizers, torch_threads):
+    tok = tokenizers[TOKENIZER_OF[request.param]]
+    model = tiny_model(request.param, len(tok), scale=10.0, seed=3)
+    return request.param, model, tok
+
+
+def test_packed_and_shared_rows_match_alone_and_reference(family):
+    name, model, tok = family
+    scorer = Scorer.from_hf(model, tok, batch_tokens=400)
+    assert scorer.backend.packing, f"{name}: packed rows failed their self-check"
+    scores = scorer.score_many(PAIRS)
+    plan = scorer.last_plan
+    assert plan.real_tokens < plan.request_tokens            # contexts were shared
+    assert any(not b.simple for b in plan.batches)
+    alone = Scorer.from_hf(model, tok, share_context=False, pack=False)
+    worst_alone = worst_ref = 0.0
+    for (p, r), s in zip(PAIRS, scores):
+        a = alone.score(p, r)
+        assert s.token_ids == a.token_ids
+        torch.testing.assert_close(torch.tensor(s.token_logprobs), torch.tensor(a.token_logprobs),
+                                   atol=1e-5, rtol=0)
+        assert s.token_greedy == a.token_greedy
+        worst_alone = max(worst_alone, abs(s.logprob - a.logprob))
+        worst_ref = max(worst_ref, abs(s.logprob - reference_logprob(model, scorer.encode(p, r))))
+    assert worst_alone < 1e-5, f"{name}: packed vs alone {worst_alone:.2e} nats"
+    assert worst_ref < 1e-4, f"{name}: packed vs float64 reference {worst_ref:.2e} nats"
+
+
+def test_packing_only_without_sharing(family):
+    name, model, tok = family
+    shared = Scorer.from_hf(model, tok, batch_tokens=300).score_many(PAIRS)
+    packed = Scorer.from_hf(model, tok, batch_tokens=300, share_context=False)
+    got = packed.score_many(PAIRS)
+    assert packed.last_plan.real_tokens == packed.last_plan.request_tokens
+    assert any(len(row) > 1 for b in packed.last_plan.batches for row in b.rows)
+    for a, b in zip(shared, got):
+        assert b.logprob == pytest.approx(a.logprob, abs=1e-5)
+
+
+def test_score_choices_reads_the_prompt_once(llama_scorer, tiny_llama):
+    prompt = "Question: what is the answer? Answer:"
+    choices = [" forty-two", " Paris", " the quick brown fox", " 12,345"]
+    got = llama_scorer.score_choices(prompt, choices)
+    plan = llama_scorer.last_plan
+    ctx = len(llama_scorer.encode(prompt, choices[0]).context_ids)
+    assert plan.real_tokens == ctx + sum(s.num_tokens - 1 for s in got)
+    assert plan.request_tokens == sum(ctx + s.num_tokens - 1 for s in got)
+    for c, s in zip(choices, got):
+        ref = reference_logprob(tiny_llama, llama_scorer.encode(prompt, c))
+        assert s.logprob == pytest.approx(ref, abs=1e-4)
+        assert s.logprob == pytest.approx(llama_scorer.score(prompt, c).logprob, abs=1e-5)
+    assert [s.id for s in got] == [0, 1, 2, 3]
+
+
+def test_details_are_the_same_when_packed(llama_scorer):
+    pairs = PAIRS[:12]
+    alone = Scorer(llama_scorer.backend, llama_scorer.tokenizer, share_context=False,
+                   pack=False)
+    got = llama_scorer.score_many(pairs, rank=True, entropy=True, top_k=3)
+    for (p, r), s in zip(pairs, got):
+        a = alone.score(p, r, rank=True, entropy=True, top_k=3)
+        assert s.token_ranks == a.token_ranks
+        assert s.token_entropies == pytest.approx(a.token_entropies, abs=1e-5)
+        assert [[t for t, _ in alts] for alts in s.token_top] == \
+            [[t for t, _ in alts] for alts in a.token_top]
+
+
+def test_layout_and_mask_of_a_tree_beside_a_packed_unit():
+    # requests 0 and 1 share context (1, 2, 3); request 2 = (9,) -> (10, 11) is packed beside
+    # them; request 3 (8 tokens) sets the row width.
+    requests = [((1, 2, 3), (4, 5)), ((1, 2, 3), (6, 7, 8)), ((9,), (10, 11)),
+                ((20, 21, 22, 23, 24, 25, 26), (27, 28))]
+    plan = plan_packed([c for c, _ in requests], [len(t) for _, t in requests], 16)
+    (batch,) = plan.batches
+    lay = layout_rows(batch.rows, [t for _, t in requests], batch.width)
+    assert lay.input_ids.tolist() == [[20, 21, 22, 23, 24, 25, 26, 27],
+                                      [1, 2, 3, 4, 6, 7, 9, 10]]
+    assert lay.position_ids.tolist() == [list(range(8)), [0, 1, 2, 3, 3, 4, 0, 1]]
+    assert lay.order == [3, 0, 1, 2] and lay.lengths == [2, 2, 3, 2]
+    assert lay.rows.tolist() == [0, 0] + [1] * 7
+    assert lay.cols.tolist() == [6, 7] + [2, 3, 2, 4, 5, 6, 7]   # who predicts each target
+    assert lay.targets.tolist() == [27, 28, 4, 5, 6, 7, 8, 10, 11]
+    assert allowed(lay)[1].int().tolist() == [
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],     # branch 0 sees the context and itself
+        [1, 1, 1, 0, 1, 0, 0, 0],     # branch 1 does not see branch 0
+        [1, 1, 1, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 0, 1, 0],     # the packed unit sees only itself
+        [0, 0, 0, 0, 0, 0, 1, 1]]
+    # a sliding window of 2 positions: position 4 no longer sees positions 0..2
+    assert allowed(lay, 2)[1, 5].int().tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
+
+
+def _drop(model, arg):
+    """Make the model's body ignore (``"position_ids"``) or reject (``"4d"``) an input."""
+    body = model.base_model
+    forward = body.forward
+
+    def patched(*args, **kwargs):
+        if arg == "position_ids":
+            kwargs.pop("position_ids", None)
+        mask = kwargs.get("attention_mask")
+        if arg == "4d" and (isinstance(mask, dict) or (mask is not None and mask.dim() == 4)):
+            raise ValueError("this model takes 2D attention masks only")
+        return forward(*args, **kwargs)
+
+    body.forward = patched
+    return model
+
+
+@pytest.mark.parametrize("broken", ["4d", "position_ids"])
+def test_models_that_cannot_pack_fall_back_to_rows_alone(broken, sp_tokenizer, caplog,
+                                                         torch_threads):
+    model = _drop(tiny_model("llama", len(sp_tokenizer), scale=10.0, seed=4), broken)
+    with caplog.at_level(logging.INFO, logger="loglik"):
+        scorer = Scorer.from_hf(model, sp_tokenizer, batch_tokens=300)
+    assert not scorer.backend.packing
+    assert "one row each" in caplog.text
+    scores = scorer.score_many(PAIRS)
+    assert scorer.last_plan.padded_tokens >= scorer.last_plan.real_tokens   # plain batches
+    for (p, r), s in zip(PAIRS, scores):
+        ref = reference_logprob(model, scorer.encode(p, r))
+        assert s.logprob == pytest.approx(ref, abs=1e-4)
+        assert s.logprob == pytest.approx(math.fsum(s.token_logprobs), abs=1e-12)
+
+
+def test_bf16_packed_rows_match_bf16_alone(sp_tokenizer, torch_threads):
+    """bf16 body, fp32 logsumexp: packed equals alone to bf16 rounding (noted, not 1e-5)."""
+    model = tiny_model("llama", len(sp_tokenizer), scale=10.0, seed=5).to(torch.bfloat16)
+    scorer = Scorer.from_hf(model, sp_tokenizer, batch_tokens=400)
+    assert scorer.backend.packing
+    alone = Scorer(scorer.backend, scorer.tokenizer, share_context=False, pack=False)
+    for (p, r), s in zip(PAIRS[:12], scorer.score_many(PAIRS[:12])):
+        assert s.logprob == pytest.approx(alone.score(p, r).logprob, abs=0.05 * s.num_tokens)
