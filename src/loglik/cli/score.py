@@ -14,9 +14,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Compute log Pr(response | prompt) for every record of DATA "
                        "(JSONL, CSV, Parquet; '-' reads JSONL from stdin).")
     p.add_argument("data", metavar="DATA")
-    p.add_argument("-o", "--output", default=None, help="output JSONL (default or '-': stdout)")
+    p.add_argument("-o", "--output", default=None,
+                   help="output JSONL (default or '-': stdout), or Parquet for a .parquet name "
+                   "(a folder of Parquet shards with --ray)")
     p.add_argument("--resume", action="store_true",
                    help="keep the finished records of OUTPUT and score only the rest")
+    p.add_argument("--part-rows", type=int, default=8192,
+                   help="Parquet output: records per crash-safe part (default 8192)")
+    p.add_argument("--text-field", default=None, metavar="FIELD",
+                   help="score whole documents (log Pr(text), any length, by strided windows) "
+                   "from FIELD instead of prompt/response pairs; prints corpus perplexity and "
+                   "bits per byte on stderr")
+    p.add_argument("--stride", type=int, default=None,
+                   help="--text-field: tokens scored per window after the first "
+                   "(default: half the window)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="--text-field: tokens per window (default: the model's context)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray Data: a local Ray, or the cluster at ADDRESS ('auto' for "
+                   "the one 'ray start' made); OUTPUT is a folder of Parquet shards")
+    p.add_argument("--num-actors", type=int, default=2,
+                   help="--ray: scoring actors, each holding one model (default 2)")
     p.add_argument("--rank", action="store_true", help="add each token's rank")
     p.add_argument("--entropy", action="store_true", help="add each position's entropy (nats)")
     p.add_argument("--top-k", type=int, default=0, help="add the k most probable alternatives")
@@ -35,6 +53,12 @@ def count_records(path: str, fmt: str | None) -> int | None:
     """Cheap record count for the progress bar (None when unknown)."""
     from ..data import detect_format
 
+    from ..data import expand_inputs
+
+    shards = expand_inputs(path)
+    if len(shards) > 1:
+        counts = [count_records(shard, fmt) for shard in shards]
+        return None if None in counts else sum(counts)   # type: ignore[arg-type]
     if path == "-" or not os.path.isfile(path):
         return None
     fmt = fmt or detect_format(path)
@@ -51,18 +75,30 @@ def count_records(path: str, fmt: str | None) -> int | None:
 def run(args: argparse.Namespace) -> int:
     from ..data import read_examples
     from ..errors import InputError
-    from ..io import open_jsonl_output
+    from ..io import open_output
     from ..progress import Progress
     from .common import scorer_from_args
 
+    if args.ray is not None:
+        from ..distributed import run_cli
+
+        return run_cli(args)
     fields = fields_from_args(args)
-    examples = read_examples(args.data, fields, args.format)
+    if args.text_field:
+        from ..longtext import DOCS_PER_CHUNK, read_documents
+
+        examples = read_documents(args.data, text_field=args.text_field,
+                                  id_field=args.id_field, fmt=args.format)
+    else:
+        examples = read_examples(args.data, fields, args.format)
     scorer = scorer_from_args(args)
     total = count_records(args.data, args.format)
-    with open_jsonl_output(args.output, resume=args.resume) as writer:
+    window = DOCS_PER_CHUNK if args.text_field else scorer.window
+    with open_output(args.output, resume=args.resume, part_rows=args.part_rows) as writer:
         # Resume from the start of the window holding the first missing record, so every
         # record is scored in the same batch as in an uninterrupted run (same bits).
-        redo = writer.done % scorer.window
+        redo = writer.done % window
+        resumed = writer.done > 0
         restart = writer.done - redo
         if restart:
             skipped = sum(1 for _ in islice(examples, restart))   # read, validate, drop
@@ -78,8 +114,17 @@ def run(args: argparse.Namespace) -> int:
             examples = report.watch(examples)
         with Progress("scoring", total=total, enabled=args.progress) as progress:
             progress.advance(writer.done)
-            scores = scorer.iter_scores(examples, rank=args.rank, entropy=args.entropy,
-                                        top_k=args.top_k)
+            totals = None
+            if args.text_field:
+                from ..longtext import CorpusTotals, iter_text_scores
+
+                totals = CorpusTotals()
+                scores = iter_text_scores(scorer, examples, stride=args.stride,
+                                          max_length=args.max_length, rank=args.rank,
+                                          entropy=args.entropy, top_k=args.top_k)
+            else:
+                scores = scorer.iter_scores(examples, rank=args.rank, entropy=args.entropy,
+                                            top_k=args.top_k)
             done, seen = writer.done, restart
             for seen, score in enumerate(scores, start=restart + 1):
                 if report is not None:
@@ -92,10 +137,21 @@ def run(args: argparse.Namespace) -> int:
                             "options", source=args.output)
                     continue
                 writer.write(score.to_record())
+                if totals is not None:
+                    totals.add(score)
                 progress.advance()
             if seen < done:
                 raise InputError(f"the output already has {done} records but the input has "
                                  f"only {seen}; is this the same input?", source=args.output)
+    if totals is not None:
+        import json
+        import sys
+
+        from ..longtext import totals_from_output
+
+        if resumed:   # the records kept from before count too
+            totals = totals_from_output(args.output)
+        print(json.dumps(totals.summary()), file=sys.stderr)
     if report is not None:
         report.write(scorer.tokenizer, model=args.model,
                      color_by="rank" if args.rank else "logprob")
