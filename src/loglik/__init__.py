@@ -27,6 +27,8 @@ _LAZY: dict[str, str] = {
     "choose": "loglik.choose:choose",
     "corpus_stats": "loglik.metrics:corpus_stats",
     "word_logprobs": "loglik.metrics:word_logprobs",
+    "AuditReport": "loglik.audit:AuditReport",
+    "Explanation": "loglik.explain:Explanation",
 }
 
 __all__ = sorted([
