@@ -1,0 +1,179 @@
+"""loglik against lm-evaluation-harness (HFLM) and minicons: same models, same inputs, one run.
+
+    bash bench/setup.sh            # once: lm-eval and minicons into bench/.venv
+    python bench/run.py --quick    # a few minutes; drop --quick for the full workloads
+
+Builds the models and workloads offline (bench/build.py), runs every tool on every workload
+in its own subprocess (bench/worker.py), checks that each tool's log-probs agree with
+loglik's, and prints one table per workload: tokens/s (prompt + response tokens of every
+request, as the tools see them), the ratio to lm-eval batch 8, peak RSS, and the fraction
+of the machine's limit reached (bench/limits.py). Results also go to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from build import WORKLOADS, ensure_models, ensure_workloads  # noqa: E402
+from limits import workload_flops  # noqa: E402
+
+VENV_PY = HERE / ".venv" / "bin" / "python"
+# (label, tool, worker options); baselines run in bench/.venv, loglik in this interpreter.
+RUNS = {
+    "loglik": ("loglik", []),
+    "lm-eval b8": ("lmeval", ["--batch", "8"]),
+    "lm-eval auto": ("lmeval", ["--batch", "auto"]),
+    "minicons b8": ("minicons", ["--batch", "8"]),
+    "loop b1": ("naive", []),
+}
+AGREE_NATS = 1e-3   # per sequence, between tools (each does its own fp32 arithmetic)
+
+
+def run_worker(tool: str, model: Path, workload: Path, opts: list[str], out: Path,
+               threads: int, timeout: float) -> dict:
+    py = sys.executable if tool in ("loglik", "naive") or not VENV_PY.exists() else str(VENV_PY)
+    cmd = [py, str(HERE / "worker.py"), tool, str(model), str(workload), str(out),
+           "--threads", str(threads), *opts]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
+    res = json.loads(out.read_text())
+    res["wall"] = time.perf_counter() - t
+    return res
+
+
+def matmul_rate(threads: int) -> float:
+    out = subprocess.run([sys.executable, str(HERE / "limits.py"), str(threads)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["gflops"]
+
+
+def load_avg() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small workloads (a few minutes)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per tool (default 2)")
+    p.add_argument("--tools", default=None,
+                   help="comma-separated labels to run (default: all; --quick skips "
+                   "'lm-eval auto', whose batch search needs ~10 GB)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
+    p.add_argument("--no-memory", action="store_true", help="skip the 128k-vocab memory table")
+    p.add_argument("--bf16", action="store_true", help="also run loglik in bfloat16 (pairs)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per tool run")
+    args = p.parse_args()
+
+    cache = HERE / ".cache"
+    results_dir = HERE / "results"
+    results_dir.mkdir(exist_ok=True)
+    models = ensure_models(cache)
+    workloads = ensure_workloads(cache, args.quick)
+    labels = args.tools.split(",") if args.tools else [
+        k for k in RUNS if not (args.quick and k == "lm-eval auto")]
+    if not VENV_PY.exists():
+        print("bench/.venv is missing: run `bash bench/setup.sh` for lm-eval and minicons; "
+              "running loglik and the plain loop only", file=sys.stderr)
+        labels = [k for k in labels if RUNS[k][0] in ("loglik", "naive")]
+    model32 = models["llama-58m-v32k"]
+    config = json.loads((model32 / "config.json").read_text())
+    report = {"quick": args.quick, "threads": args.threads, "load_before": load_avg(),
+              "gflops_start": matmul_rate(args.threads), "workloads": {}}
+    print(f"machine: {os.cpu_count()} CPUs, load {report['load_before']}, fp32 matmul "
+          f"{report['gflops_start']:.0f} GFLOP/s with {args.threads} threads")
+    runs: dict[str, dict[str, dict]] = {}
+    for wname in args.workloads.split(","):
+        path = workloads[wname]
+        records = json.loads(path.read_text())
+        fl = workload_flops(records, config)
+        extra = [("loglik bf16", "loglik", ["--dtype", "bfloat16"])] if (
+            args.bf16 and wname == "pairs") else []
+        runs[wname] = {}
+        for label, tool, opts in [(k, *RUNS[k]) for k in labels] + extra:
+            out = results_dir / f"{wname}-{label.replace(' ', '_')}.json"
+            print(f"  {wname}: {label} ...", end="", flush=True)
+            res = run_worker(tool, model32, path, opts, out, args.threads, args.timeout)
+            runs[wname][label] = res
+            print(f" {res.get('seconds', float('nan')):.1f}s" if "error" not in res
+                  else f" failed: {res['error']}")
+        report["workloads"][wname] = {"flops": fl, "runs": runs[wname]}
+    report["gflops_end"] = matmul_rate(args.threads)
+    gflops = max(report["gflops_start"], report["gflops_end"])
+    for wname, w in report["workloads"].items():
+        print_table(wname, w["flops"], w["runs"], gflops)
+    if not args.no_memory:
+        report["memory"] = memory_table(models["llama-58m-v128k"], workloads["pairs"],
+                                        results_dir, args)
+    report["load_after"] = load_avg()
+    print(f"\nload average before {report['load_before']}, after {report['load_after']}; "
+          f"matmul {report['gflops_start']:.0f} -> {report['gflops_end']:.0f} GFLOP/s "
+          f"(limit uses {gflops:.0f})")
+    (results_dir / "report.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def print_table(wname: str, fl: dict, runs: dict, gflops: float) -> None:
+    limit_s = fl["flops"] / (gflops * 1e9)
+    counted = fl["counted_tokens"]
+    print(f"\n{wname}: {WORKLOADS[wname]} | {counted:,} tokens counted, "
+          f"{fl['unique_tokens']:,} unique, {fl['scored_tokens']:,} scored; limit "
+          f"{counted / limit_s:,.0f} tok/s")
+    ref = runs.get("loglik", {}).get("logprobs")
+    base = runs.get("lm-eval b8", {}).get("seconds")
+    print(f"  {'tool':<13} {'tok/s':>8} {'x lm-eval b8':>12} {'peak RSS':>9} {'of limit':>8} "
+          f"{'max |diff| vs loglik':>20}")
+    for label, res in runs.items():
+        if "error" in res:
+            print(f"  {label:<13} failed: {res['error'][:90]}")
+            continue
+        tps = counted / res["seconds"]
+        ratio = f"{base / res['seconds']:.2f}x" if base else "-"
+        diff = "-"
+        if ref is not None and label != "loglik":
+            d = max(abs(a - b) for a, b in zip(ref, res["logprobs"]))
+            diff = f"{d:.2e}" + ("" if d <= AGREE_NATS or "bf16" in label else " DISAGREE")
+        print(f"  {label:<13} {tps:>8,.0f} {ratio:>12} {res['peak_rss_mb'] / 1024:>7.2f}GB "
+              f"{limit_s / res['seconds']:>8.0%} {diff:>20}")
+        if "padding_waste" in res:
+            print(f"  {'':<13} padding {res['padding_waste']:.1%}, context sharing saved "
+                  f"{res['sharing_saved']:.1%} of the tokens")
+
+
+def memory_table(model: Path, workload: Path, results_dir: Path, args) -> dict:
+    """Peak RSS on the 128k-vocab model: loglik at growing batch budgets vs lm-eval batch 8."""
+    print(f"\nmemory, 128k-vocab model, {workload.stem}:")
+    rows = [(f"loglik batch_tokens={n}", "loglik", ["--batch-tokens", str(n)])
+            for n in (2048, 8192, 32768)]
+    if VENV_PY.exists():
+        rows.append(("lm-eval b8", "lmeval", ["--batch", "8"]))
+    out = {}
+    for label, tool, opts in rows:
+        res = run_worker(tool, model, workload, opts,
+                         results_dir / f"memory-{label.replace(' ', '_')}.json",
+                         args.threads, args.timeout)
+        out[label] = res
+        if "error" in res:
+            print(f"  {label:<28} failed: {res['error'][:90]}")
+        else:
+            print(f"  {label:<28} peak RSS {res['peak_rss_mb'] / 1024:.2f} GB, "
+                  f"{res['seconds']:.1f} s")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Run one tool on one workload in this process and write what it computed and how fast.
+
+    python bench/worker.py TOOL MODEL_DIR WORKLOAD.json OUT.json [--threads 2] [--batch 8]
+
+TOOL: loglik, lmeval (lm-evaluation-harness HFLM; --batch 8 or auto), minicons, naive.
+The output holds per-request log-probs (nats), the scoring time (model loading excluded),
+and this process's peak RSS (model loading included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_loglik(model, records, args):
+    from loglik import Scorer
+
+    scorer = Scorer.from_pretrained(model, dtype=args.dtype, batch_tokens=args.batch_tokens)
+    pairs = [(r["prompt"], r["response"]) for r in records]
+    t = time.perf_counter()
+    scores = scorer.score_many(pairs)
+    seconds = time.perf_counter() - t
+    plan = scorer.last_plan
+    info = {"padding_waste": plan.padding_waste,
+            "sharing_saved": getattr(plan, "sharing_saved", 0.0)} if plan is not None else {}
+    return [s.logprob for s in scores], seconds, info
+
+
+def run_lmeval(model, records, args):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    batch = args.batch if args.batch == "auto" else int(args.batch)
+    lm = HFLM(pretrained=model, backend="causal", batch_size=batch, device="cpu",
+              dtype="float32", max_length=4096)
+    reqs = [Instance(request_type="loglikelihood", doc={}, idx=i,
+                     arguments=(r["prompt"], r["response"])) for i, r in enumerate(records)]
+    t = time.perf_counter()
+    out = lm.loglikelihood(reqs, disable_tqdm=True)
+    seconds = time.perf_counter() - t
+    return [float(lp) for lp, _ in out], seconds, {}
+
+
+def run_minicons(model, records, args):
+    from minicons import scorer
+
+    lm = scorer.IncrementalLMScorer(model, device="cpu")
+    b = int(args.batch)
+    out: list[float] = []
+    t = time.perf_counter()
+    for s in range(0, len(records), b):
+        chunk = records[s:s + b]
+        out += lm.conditional_score([r["prompt"] for r in chunk],
+                                    [r["response"].lstrip(" ") for r in chunk],
+                                    reduction=lambda x: x.sum(0).item())
+    seconds = time.perf_counter() - t
+    return out, seconds, {}
+
+
+def run_naive(model, records, args):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    out = []
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for r in records:       # batch 1: the plain loop everyone writes first
+            ids = torch.tensor([r["context_ids"] + r["response_ids"]])
+            logp = torch.log_softmax(lm(ids).logits[0, :-1].float(), dim=-1)
+            c = len(r["context_ids"])
+            tgt = torch.tensor(r["response_ids"])
+            out.append(logp[c - 1:].gather(-1, tgt.unsqueeze(-1)).sum().item())
+    return out, time.perf_counter() - t, {}
+
+
+TOOLS = {"loglik": run_loglik, "lmeval": run_lmeval, "minicons": run_minicons,
+         "naive": run_naive}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("tool", choices=sorted(TOOLS))
+    p.add_argument("model")
+    p.add_argument("workload")
+    p.add_argument("out")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", default="8")
+    p.add_argument("--batch-tokens", type=int, default=8192)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N records")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with open(args.workload) as f:
+        records = json.load(f)[:args.limit]
+    logprobs, seconds, info = TOOLS[args.tool](args.model, records, args)
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open(args.out, "w") as f:
+        json.dump({"tool": args.tool, "seconds": seconds, "logprobs": logprobs,
+                   "peak_rss_mb": rss_kb / 1024, **info}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
