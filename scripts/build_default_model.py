@@ -1,0 +1,288 @@
+"""Rebuild loglik's embedded default model from the running Python's standard library.
+
+    python scripts/build_default_model.py all --work /tmp/loglik-default
+
+runs every stage in order (each can also be run alone, in this order):
+
+    tokenizer  byte-level BPE (8,192 tokens, <s> added as BOS, </s> EOS) on the train split
+    data       WORK/train.jsonl: train-split source and the language reference cut into
+               documents (prompt "") sampled up to --train-tokens, plus the train split's
+               signature -> docstring pairs; WORK/heldout_source.jsonl; and the committed
+               data/default_model/heldout_pairs.jsonl
+    config     WORK/model/config.json (Llama architecture) with the tokenizer beside it
+    baselines  WORK/baselines.json: held-out figures of the unigram model and the untrained
+               network (no training needed)
+    train      `loglik train WORK/train.jsonl --model WORK/model -o WORK/run ...`
+    eval       WORK/eval.json: held-out NLL and bits-per-byte (model, unigram, untrained),
+               conditional matching rate
+    ship       copy the model to src/loglik/default_model/ and write its MODEL.md
+
+The corpus and split are described in scripts/stdlib_corpus.py, the figures in
+scripts/default_model_eval.py. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import default_model_eval as ev  # noqa: E402
+import stdlib_corpus as corpus  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+HELDOUT_PAIRS = ROOT / "data" / "default_model" / "heldout_pairs.jsonl"
+SHIP_DIR = ROOT / "src" / "loglik" / "default_model"
+BOS, EOS = "<s>", "</s>"
+
+# The architecture: ~1.9M parameters (1.05M of them the tied input/output embedding), sized
+# for the training budget of a shared 2-core machine (measured there: a 5.3M-parameter
+# version trained at ~240 tokens/s under load, this one at ~3x that).
+ARCH = dict(vocab_size=8192, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=4, intermediate_size=384, max_position_embeddings=1024,
+            tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-5)
+DOC_TOKENS = 384          # source documents are cut at line boundaries to this many tokens
+
+
+def _write_jsonl(path: Path, rows) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _split_files():
+    train, heldout = [], []
+    for f in corpus.iter_source_files():
+        (heldout if corpus.is_heldout(f.module) else train).append(f)
+    return train, heldout
+
+
+# -- stages -----------------------------------------------------------------------------
+def stage_tokenizer(work: Path, args) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    train, _ = _split_files()
+    texts = [f.text for f in train] + corpus.prose_documents()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=ARCH["vocab_size"], special_tokens=[BOS, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    t0 = time.time()
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tok.token_to_id(BOS))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
+                                   model_max_length=ARCH["max_position_embeddings"])
+    fast.save_pretrained(work / "tokenizer")
+    print(f"tokenizer: {len(fast)} tokens from {len(texts)} documents in {time.time() - t0:.0f}s"
+          f" -> {work / 'tokenizer'}")
+
+
+def _tokenizer(work: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(work / "tokenizer"))
+
+
+def _documents(tok, texts: list[str]) -> list[str]:
+    def count(lines):
+        return [len(ids) for ids in tok(lines, add_special_tokens=False)["input_ids"]]
+
+    out: list[str] = []
+    for text in texts:
+        out += corpus.line_chunks(text, count, DOC_TOKENS - 16)   # margin: joint merges
+    return out
+
+
+def stage_data(work: Path, args) -> None:
+    tok = _tokenizer(work)
+    train, heldout = _split_files()
+    t0 = time.time()
+    train_pairs = [p for f in train for p in corpus.extract_pairs(f)]
+    heldout_pairs = [p for f in heldout for p in corpus.extract_pairs(f)]
+    _write_jsonl(HELDOUT_PAIRS, (p.record() for p in heldout_pairs))
+
+    docs = _documents(tok, [f.text for f in train] + corpus.prose_documents())
+    rng = random.Random(args.seed)
+    rng.shuffle(docs)
+    pair_rows = [{"prompt": p.prompt, "response": p.response} for p in train_pairs]
+    pair_tokens = sum(len(ids) for ids in tok([r["prompt"] + r["response"] for r in pair_rows],
+                                               add_special_tokens=False)["input_ids"])
+    doc_counts = [len(ids) for ids in tok(docs, add_special_tokens=False)["input_ids"]]
+    budget = args.train_tokens - pair_tokens
+    chosen, used = [], 0
+    for d, n in zip(docs, doc_counts):
+        if used >= budget:
+            break
+        chosen.append(d)
+        used += n
+    rows = [{"prompt": "", "response": d} for d in chosen] + pair_rows
+    rng.shuffle(rows)
+    _write_jsonl(work / "train.jsonl", rows)
+    held_docs = _documents(tok, [f.text for f in heldout])
+    _write_jsonl(work / "heldout_source.jsonl", ({"prompt": "", "response": d} for d in held_docs))
+    stats = {"train_documents_all": len(docs), "train_document_tokens_all": sum(doc_counts),
+             "train_documents_used": len(chosen), "train_document_tokens_used": used,
+             "train_pairs": len(pair_rows), "train_pair_tokens": pair_tokens,
+             "heldout_pairs": len(heldout_pairs), "heldout_documents": len(held_docs),
+             "train_files": len(train), "heldout_files": len(heldout)}
+    (work / "data_stats.json").write_text(json.dumps(stats, indent=1))
+    print(f"data in {time.time() - t0:.0f}s: {json.dumps(stats)}")
+
+
+def stage_config(work: Path, args) -> None:
+    from transformers import LlamaConfig
+
+    tok = _tokenizer(work)
+    config = LlamaConfig(**ARCH, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model_dir = work / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    print(f"config -> {model_dir}")
+
+
+def stage_train(work: Path, args) -> None:
+    cmd = ["loglik", "train", str(work / "train.jsonl"), "--model", str(work / "model"),
+           "-o", str(work / "run"), "--eval", str(HELDOUT_PAIRS), "--no-eval-train",
+           "--epochs", str(args.epochs), "--lr", str(args.lr),
+           "--batch-tokens", str(args.batch_tokens), "--grad-accum", str(args.grad_accum),
+           "--warmup", str(args.warmup), "--seed", str(args.seed),
+           "--threads", str(args.threads), "--log-every", "10", "--save-every", "200",
+           "--no-progress"]
+    if (work / "run" / "checkpoints").exists():
+        cmd.append("--resume")
+    print(" ".join(cmd), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, check=True)
+    (work / "train_time.json").write_text(json.dumps({"seconds": time.time() - t0,
+                                                      "command": " ".join(cmd)}))
+
+
+def _scorer(model, tok):
+    from loglik import Scorer
+
+    return Scorer.from_hf(model, tok, batch_tokens=4096)
+
+
+def stage_baselines(work: Path, args) -> dict:
+    """Figures that need no training: the unigram model and the untrained network."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.set_num_threads(args.threads)
+    tok = _tokenizer(work)
+    held = [r["response"] for r in _read_jsonl(work / "heldout_source.jsonl")]
+    torch.manual_seed(args.seed)     # loglik train's initialisation of the same config
+    untrained = AutoModelForCausalLM.from_config(
+        AutoConfig.from_pretrained(str(work / "model"))).eval()
+    t0 = time.time()
+    out: dict = {}
+    out["untrained"], ids = ev.source_figures(_scorer(untrained, tok), held)
+    train, _ = _split_files()
+    train_ids = tok([f.text for f in train] + corpus.prose_documents(),
+                    add_special_tokens=False)["input_ids"]
+    out["unigram"] = ev.unigram_figures(train_ids, len(tok), ids, out["untrained"]["bytes"])
+    u = ev.matching(_scorer(untrained, tok), _read_jsonl(HELDOUT_PAIRS), seed=args.seed)
+    u.pop("wins")
+    out["matching_untrained"] = u
+    out["seconds"] = time.time() - t0
+    (work / "baselines.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+    return out
+
+
+def stage_eval(work: Path, args, model_dir: Path | None = None) -> dict:
+    """The trained model's figures, with the baselines beside them (WORK/eval.json)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(args.threads)
+    model_dir = model_dir or work / "run"
+    tok = _tokenizer(work)
+    base = (json.loads((work / "baselines.json").read_text())
+            if (work / "baselines.json").exists() else stage_baselines(work, args))
+    held = [r["response"] for r in _read_jsonl(work / "heldout_source.jsonl")]
+    t0 = time.time()
+    trained = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    out: dict = {"parameters": sum(p.numel() for p in trained.parameters())}
+    out["model"], _ = ev.source_figures(_scorer(trained, tok), held)
+    m = ev.matching(_scorer(trained, tok), _read_jsonl(HELDOUT_PAIRS), seed=args.seed)
+    m.pop("wins")
+    out["matching"] = m
+    out["eval_seconds"] = time.time() - t0
+    out.update({k: v for k, v in base.items() if k != "seconds"})
+    (work / "eval.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+    return out
+
+
+def stage_ship(work: Path, args) -> None:
+    run = work / "run"
+    SHIP_DIR.mkdir(parents=True, exist_ok=True)
+    for old in SHIP_DIR.iterdir():
+        if old.is_file():
+            old.unlink()
+    for name in os.listdir(run):
+        if name.endswith((".json", ".safetensors")) and name != "log.jsonl":
+            shutil.copy2(run / name, SHIP_DIR / name)
+    size = sum(p.stat().st_size for p in SHIP_DIR.iterdir())
+    if size > 25 * 2**20:
+        raise SystemExit(f"the shipped model is {size / 2**20:.1f} MiB, over the 25 MiB limit")
+    from default_model_card import write_card
+
+    write_card(SHIP_DIR / "MODEL.md", work=work, arch=ARCH, size_bytes=size)
+    print(f"shipped {size / 2**20:.1f} MiB -> {SHIP_DIR}")
+
+
+STAGES = {"tokenizer": stage_tokenizer, "data": stage_data, "config": stage_config,
+          "baselines": stage_baselines, "train": stage_train, "eval": stage_eval, "ship": stage_ship}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=[*STAGES, "all"])
+    p.add_argument("--work", default="/tmp/loglik-default", help="working folder (not committed)")
+    p.add_argument("--train-tokens", type=int, default=2_000_000,
+                   help="tokens in WORK/train.jsonl (documents sampled to fill it)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-tokens", type=int, default=4096)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--warmup", type=float, default=0.03)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on the shared, oversubscribed build machine one "
+                   "thread trained 4x faster than two)")
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "build_args.json").write_text(json.dumps({**vars(args), "python": platform.python_version()}))
+    for name in (STAGES if args.stage == "all" else [args.stage]):
+        STAGES[name](work, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

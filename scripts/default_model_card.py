@@ -1,0 +1,113 @@
+"""MODEL.md for the embedded default model, written from the build's own records.
+
+Every figure in the card comes from a file of the build's working folder (``data_stats.json``,
+``run/log.jsonl``, ``train_time.json``, ``eval.json``); nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import stdlib_corpus as corpus
+
+REBUILD = "python scripts/build_default_model.py all --work /tmp/loglik-default"
+
+
+def _log(work: Path) -> list[dict]:
+    path = work / "run" / "log.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def write_card(path: Path, *, work: Path, arch: dict, size_bytes: int) -> None:
+    stats = json.loads((work / "data_stats.json").read_text())
+    ev = json.loads((work / "eval.json").read_text())
+    timing = json.loads((work / "train_time.json").read_text())
+    log = _log(work)
+    epochs = [r for r in log if r.get("kind") == "epoch"]
+    last_epoch = epochs[-1]
+    start_eval, end_eval = epochs[0].get("eval", {}), last_epoch.get("eval", {})
+    trained_tokens = stats["train_document_tokens_used"] + stats["train_pair_tokens"]
+    m, u, g = ev["model"], ev["untrained"], ev["unigram"]
+    mt, mu = ev["matching"], ev["matching_untrained"]
+
+    def row(name: str, f: dict) -> str:
+        return (f"| {name} | {f['nll_token_mean']:.3f} | {f['bits_per_byte']:.3f} | "
+                f"{f['tokens']:,} | {f['bytes']:,} |")
+
+    text = f"""# loglik's embedded default model
+
+A small Llama-architecture causal LM that loglik trained itself, with `loglik train`, on the
+Python standard library. It is what `loglik score`, `explain`, `compare` (and every other
+command) and `loglik.Scorer.from_pretrained()` use when no model is given. It knows Python
+source and docstrings, and little else: pass `--model` for real work.
+
+Rebuild it (offline, from the running Python; about an hour on a 2-core machine):
+
+    {REBUILD}
+
+## Corpus
+
+* The standard library of **Python {platform.python_version()}** as installed
+  (`sysconfig.get_paths()["stdlib"]`): every `.py` file except the `test` package,
+  `idlelib`, `lib2to3`, `turtledemo`, `site-packages`; plus the language reference prose of
+  `pydoc_data.topics` (train only). See `scripts/stdlib_corpus.py`.
+* Split by module (a top-level file or package). Held out, never trained on:
+  {", ".join(f"`{x}`" for x in corpus.HELDOUT_MODULES)}
+  ({stats['heldout_files']} files; {stats['train_files']} train files).
+* Signature -> docstring pairs (ast): prompt = decorators + `def`/`class` lines as written,
+  with the enclosing class's header for methods; response = the docstring literal as written.
+  {stats['train_pairs']:,} train pairs; the {stats['heldout_pairs']} held-out pairs are
+  committed in `data/default_model/heldout_pairs.jsonl`.
+* Training data (`train.jsonl`): {stats['train_documents_used']:,} of the
+  {stats['train_documents_all']:,} train-split documents (source and prose cut at line
+  boundaries to at most 368 tokens, sampled with seed 0; {stats['train_document_tokens_used']:,}
+  of {stats['train_document_tokens_all']:,} tokens, each conditioned on `<s>`) plus every
+  train pair as a conditional example (loss on the docstring only); {trained_tokens:,}
+  tokens in all.
+
+## Tokenizer
+
+Byte-level BPE, {arch['vocab_size']:,} tokens, trained with `tokenizers` on the train split;
+`<s>` (id 0, added at the start of every encoding) and `</s>` (id 1). Saved as
+`tokenizer.json` + `tokenizer_config.json` (`AutoTokenizer` loads it).
+
+## Architecture
+
+`LlamaForCausalLM`: hidden {arch['hidden_size']}, {arch['num_hidden_layers']} layers,
+{arch['num_attention_heads']} heads, MLP {arch['intermediate_size']}, context
+{arch['max_position_embeddings']} (RoPE), tied input/output embeddings;
+**{ev['parameters']:,} parameters**, fp32 safetensors, {size_bytes / 2**20:.1f} MiB shipped.
+
+## Training
+
+`{timing['command']}`
+
+One epoch, {last_epoch['step']} AdamW steps (lr 2e-3, 3% warmup, cosine to 10%, weight decay
+0.01, clip 1.0, batches of at most 4,096 padded tokens), {last_epoch['tokens_per_s']:.0f}
+tokens/s on one thread of a shared 2-core CPU; {timing['seconds'] / 60:.0f} minutes wall
+clock for the whole command (including the held-out evaluation before and after).
+Held-out pairs, docstring NLL per token (the trainer's own evaluation): {-start_eval.get('logprob_mean', float('nan')):.3f}
+before training, {-end_eval.get('logprob_mean', float('nan')):.3f} after.
+
+## Held-out figures
+
+Held-out source ({m['documents']} documents of the held-out modules, each scored from `<s>`):
+
+| model | NLL per token (nats) | bits per byte | tokens | bytes |
+|---|---|---|---|---|
+{row("this model", m)}
+{row("unigram of the train split (add-one)", g)}
+{row("same model, untrained", u)}
+
+Conditional matching on the {mt['pairs']} held-out pairs: log Pr(docstring | its own
+signature) > log Pr(docstring | another signature whose docstring has the same indentation)
+in **{100 * mt['rate']:.1f}%** of pairs (untrained: {100 * mu['rate']:.1f}%); mean gap
+{mt['mean_gap_nats']:.2f} nats; docstring NLL per token {mt['own_nll_token_mean']:.3f} after
+its own signature, {mt['other_nll_token_mean']:.3f} after another.
+
+Figures: `scripts/default_model_eval.py`; `tests/test_default_model.py` checks a sample of
+them on the shipped weights.
+"""
+    path.write_text(text, encoding="utf-8")

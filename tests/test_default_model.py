@@ -1,0 +1,198 @@
+"""The shipped default model: it loads fast, is exact, and has learned what it was trained on.
+
+A broken, truncated or untrained model fails here: the conditional-matching sample needs a
+model that reads the signature (an untrained one is near 50%), and the held-out NLL must beat
+the unigram distribution of the training split (an untrained one is far worse than that).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from loglik.default_model import DEFAULT_MODEL_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+HELDOUT_PAIRS = ROOT / "data" / "default_model" / "heldout_pairs.jsonl"
+SCRIPTS = ROOT / "scripts"
+
+needs_model = pytest.mark.skipif(
+    not (DEFAULT_MODEL_DIR / "config.json").exists(),
+    reason=f"no shipped default model in {DEFAULT_MODEL_DIR} (build it with "
+           "scripts/build_default_model.py all)")
+
+SAMPLE = 64          # held-out pairs checked in CI (a fixed, seeded sample)
+MIN_MATCHING = 0.9   # the issue's bar, on the sample
+
+
+def _corpus():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import default_model_eval
+        import stdlib_corpus
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return stdlib_corpus, default_model_eval
+
+
+@pytest.fixture(scope="module")
+def hf_tok():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR))
+
+
+@pytest.fixture(scope="module")
+def scorer(torch_threads):
+    import loglik
+
+    return loglik.Scorer.from_pretrained()
+
+
+@needs_model
+def test_files_are_the_standard_layout_and_small():
+    names = {p.name for p in DEFAULT_MODEL_DIR.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "MODEL.md"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir() if p.is_file())
+    assert size < 25 * 2**20
+    config = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    assert config["model_type"] == "llama"
+    card = (DEFAULT_MODEL_DIR / "MODEL.md").read_text()
+    assert "scripts/build_default_model.py all" in card and "bits per byte" in card
+
+
+@needs_model
+def test_loads_in_under_two_seconds(torch_threads, hf_tok):
+    import loglik
+
+    loglik.Scorer.from_pretrained()                     # imports and file cache warm
+    t0 = time.perf_counter()
+    scorer = loglik.Scorer.from_pretrained()
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 2.0, f"loading the default model took {elapsed:.2f}s"
+    assert scorer.score("def f(x):\n", '    """Return x."""').num_tokens > 0
+    assert hf_tok.bos_token == "<s>" and len(hf_tok) == 8192
+
+
+@needs_model
+def test_tokenizer_adds_bos_and_round_trips(hf_tok):
+    tok = hf_tok
+    text = 'def add(a, b):\n    """Return the sum of a and b."""\n'
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+@needs_model
+def test_exact_against_float64_reference(scorer):
+    import torch
+
+    from loglik.logprobs import reference_logprobs
+
+    prompt, response = "def add(a, b):\n", '    """Return the sum of a and b."""'
+    s = scorer.score(prompt, response)
+    enc = scorer.encode(prompt, response)
+    ids = torch.tensor([enc.context_ids + enc.response_ids])                # (1, T)
+    model = scorer.backend.model
+    with torch.no_grad():
+        ref = reference_logprobs(model(input_ids=ids).logits, ids)[0]       # (T-1,)
+    want = ref[len(enc.context_ids) - 1:].tolist()
+    torch.testing.assert_close(torch.tensor(s.token_logprobs, dtype=torch.float64),
+                               torch.tensor(want, dtype=torch.float64), atol=1e-4, rtol=0)
+    assert math.isclose(s.logprob, math.fsum(want), abs_tol=1e-4)
+
+
+@needs_model
+def test_prefers_the_docstring_that_fits(scorer):
+    # hand-picked plausibility: a docstring about sums after `def add`, not after `def split`
+    doc = '    """Return the sum of a and b."""'
+    own = scorer.score("def add(a, b):\n", doc).logprob
+    other = scorer.score("def split_lines(text, keepends=False):\n", doc).logprob
+    assert own > other
+
+
+def _sample_pairs() -> list[dict]:
+    import random
+
+    rows = [json.loads(x) for x in HELDOUT_PAIRS.read_text(encoding="utf-8").splitlines()]
+    return random.Random(0).sample(rows, SAMPLE)
+
+
+def test_heldout_pairs_file():
+    rows = [json.loads(x) for x in HELDOUT_PAIRS.read_text(encoding="utf-8").splitlines()]
+    stdlib_corpus, _ = _corpus()
+    assert len(rows) >= 300
+    assert {r["module"] for r in rows} <= set(stdlib_corpus.HELDOUT_MODULES)
+    for r in rows:
+        assert r["prompt"].endswith("\n") and r["response"].lstrip().startswith(('"', "'", "r", "u"))
+
+
+@needs_model
+def test_conditional_matching_on_a_heldout_sample(scorer):
+    _, ev = _corpus()
+    result = ev.matching(scorer, _sample_pairs(), seed=0)
+    assert result["rate"] >= MIN_MATCHING, result
+    assert result["mean_gap_nats"] > 0
+
+
+@needs_model
+def test_heldout_source_beats_the_unigram_baseline(scorer, hf_tok):
+    stdlib_corpus, ev = _corpus()
+    files = list(stdlib_corpus.iter_source_files())
+    tok = hf_tok
+    heldout = [f for f in files if f.module in ("textwrap", "heapq", "fractions")]
+    assert heldout, "the held-out modules are missing from this Python's standard library"
+
+    def count(lines):
+        return [len(ids) for ids in tok(lines, add_special_tokens=False)["input_ids"]]
+
+    docs = [d for f in heldout for d in stdlib_corpus.line_chunks(f.text, count, 360)][:40]
+    model, scored_ids = ev.source_figures(scorer, docs)
+    train_ids = tok([f.text for f in files if not stdlib_corpus.is_heldout(f.module)],
+                    add_special_tokens=False)["input_ids"]
+    unigram = ev.unigram_figures(train_ids, len(tok), scored_ids, model["bytes"])
+    assert model["tokens"] == unigram["tokens"] > 5000
+    # the unigram of this tokenizer is about 6.5 nats/token; an untrained model about 9
+    assert model["nll_token_mean"] < unigram["nll_token_mean"] - 1.0, (model, unigram)
+    assert model["bits_per_byte"] < unigram["bits_per_byte"]
+
+
+def test_unigram_figures_hand_computed():
+    _, ev = _corpus()
+    # train tokens: 0,0,1 over a 3-token vocabulary -> add-one: p(0)=3/6, p(1)=2/6, p(2)=1/6
+    got = ev.unigram_figures([[0, 0, 1]], 3, [[0, 2]], nbytes=4)
+    nll = -math.log(3 / 6) - math.log(1 / 6)
+    assert math.isclose(got["nll"], nll) and got["tokens"] == 2
+    assert math.isclose(got["bits_per_byte"], nll / (4 * math.log(2)))
+
+
+def test_mismatched_partners_is_a_derangement_within_indentation():
+    _, ev = _corpus()
+    pairs = [{"indent": i} for i in (4, 8, 4, 8, 8, 4, 12)]
+    partner = ev.mismatched_partners(pairs, seed=3)
+    assert all(j != i for i, j in enumerate(partner))
+    assert all(pairs[j]["indent"] == pairs[i]["indent"] for i, j in enumerate(partner[:6]))
+    assert sorted(partner[:6]) == list(range(6))
+
+
+@needs_model
+def test_cli_score_without_model_prints_token_logprobs(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "loglik", "score",
+                          str(ROOT / "examples" / "pairs.jsonl")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(x) for x in out.stdout.splitlines()]
+    assert rows
+    for r in rows:
+        assert r["num_tokens"] == len(r["token_logprobs"]) > 0
+        assert all(-30 < lp <= 0 for lp in r["token_logprobs"])
+        assert math.isclose(r["logprob"], math.fsum(r["token_logprobs"]), abs_tol=1e-6)
