@@ -29,6 +29,8 @@ _LAZY: dict[str, str] = {
     "word_logprobs": "loglik.metrics:word_logprobs",
     "AuditReport": "loglik.audit:AuditReport",
     "Explanation": "loglik.explain:Explanation",
+    "corpus_perplexity": "loglik.longtext:corpus_perplexity",
+    "score_on_ray": "loglik.distributed:score_on_ray",
 }
 
 __all__ = sorted([

@@ -43,6 +43,7 @@ class RayRun:
     records: int = 0
     seconds: float = 0.0            # from submitting the pipeline to the last record
     first_record_s: float = 0.0     # start-up: actors built, models loaded, first batch back
+    first_batch_records: int = 0    # records in that first batch
     num_actors: int = 0
     actor_cpus: float = 0.0
     actor_gpus: float = 0.0
@@ -54,9 +55,9 @@ class RayRun:
 
     @property
     def steady_records_per_s(self) -> float:
-        """Rate once the first batch is back (start-up excluded)."""
+        """Rate after the first batch is back (start-up and that batch excluded)."""
         span = self.seconds - self.first_record_s
-        return self.records / span if span > 0 else 0.0
+        return (self.records - self.first_batch_records) / span if span > 0 else 0.0
 
 
 def output_names(shards: list[str]) -> list[str]:
@@ -128,7 +129,7 @@ def _resources(ray: Any, num_actors: int, actor_cpus: float | None,
 def score_on_ray(data: str, output: str, *, scorer: str | Callable[[], Any] | None = None,
                  address: str | None = None, num_actors: int = 2,
                  actor_cpus: float | None = None, actor_gpus: float | None = None,
-                 batch_size: int = 1024, fields: Fields = Fields(), fmt: str | None = None,
+                 batch_size: int = 1024, block_bytes: int = 256 * 1024, fields: Fields = Fields(), fmt: str | None = None,
                  rank: bool = False, entropy: bool = False, top_k: int = 0,
                  resume: bool = False, progress: bool | None = None,
                  scorer_options: dict[str, Any] | None = None) -> RayRun:
@@ -147,6 +148,9 @@ def score_on_ray(data: str, output: str, *, scorer: str | Callable[[], Any] | No
         actor_cpus, actor_gpus: resources per actor (default: one GPU each when the cluster
             has GPUs, else a fraction of a CPU that leaves room for the read tasks).
         batch_size: rows per actor call.
+        block_bytes: the size at which read output is cut into blocks. A block goes to one
+            actor, so a shard is spread over the actors only if it makes several blocks
+            (Ray's default, 128 MiB, would give one actor a whole shard of short pairs).
         resume: keep the output files of shards already done and score only the others.
 
     Returns:
@@ -155,9 +159,6 @@ def score_on_ray(data: str, output: str, *, scorer: str | Callable[[], Any] | No
     Example:
         >>> score_on_ray("shards/", "scores/", scorer="gpt2", num_actors=4)  # doctest: +SKIP
     """
-    from .io import ParquetWriter
-    from .progress import Progress
-
     ray = require("ray", extra="ray", feature="--ray (scoring on Ray Data)")
     require("ray.data", extra="ray", feature="--ray (scoring on Ray Data)")
     if num_actors < 1:
@@ -196,32 +197,57 @@ def score_on_ray(data: str, output: str, *, scorer: str | Callable[[], Any] | No
     factory = scorer if callable(scorer) else _Factory(scorer, options)
     threads = max(1, int(actor_cpus))
 
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
     ctx = DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars,
+             ctx.target_max_block_size)
     ctx.execution_options.preserve_order = True     # output files in input order
     ctx.enable_progress_bars = False                # loglik reports progress itself
-    ds = ray.data.from_items([{"shard": i, "path": shards[i]} for i in pending],
-                             override_num_blocks=len(pending))
-    ds = ds.flat_map(_read_shard, fn_kwargs=dict(fields=fields, fmt=fmt), num_cpus=READ_CPUS)
-    ds = ds.map_batches(_ScoreActor, batch_size=batch_size, batch_format="pyarrow",
-                        compute=ActorPoolStrategy(size=num_actors),
-                        fn_constructor_kwargs=dict(factory=factory, sources=shards,
-                                                   detail=dict(rank=rank, entropy=entropy,
-                                                               top_k=top_k),
-                                                   threads=threads),
-                        num_cpus=actor_cpus, num_gpus=actor_gpus)
+    ctx.target_max_block_size = block_bytes         # several blocks per shard: all actors busy
+    try:
+        _run_pipeline(ray, dict(shards=shards, pending=pending, finals=finals,
+                                           fields=fields, fmt=fmt, factory=factory,
+                                           detail=dict(rank=rank, entropy=entropy,
+                                                       top_k=top_k),
+                                           threads=threads, batch_size=batch_size,
+                                           num_actors=num_actors, actor_cpus=actor_cpus,
+                                           actor_gpus=actor_gpus, progress=progress), run)
+    finally:
+        (ctx.execution_options.preserve_order, ctx.enable_progress_bars,
+         ctx.target_max_block_size) = saved
+    return run
+
+
+def _run_pipeline(ray: Any, a: dict[str, Any], run: RayRun) -> None:
+    """Build the Ray Data pipeline and write its rows, shard by shard, as they arrive."""
+    from ray.data import ActorPoolStrategy
 
     from .cli.score import count_records
+    from .io import ParquetWriter
+    from .progress import Progress
 
-    counts = [count_records(shards[i], fmt) for i in pending]
+    shards, pending, finals = a["shards"], a["pending"], a["finals"]
+    ds = ray.data.from_items([{"shard": i, "path": shards[i]} for i in pending],
+                             override_num_blocks=len(pending))
+    ds = ds.flat_map(_read_shard, fn_kwargs=dict(fields=a["fields"], fmt=a["fmt"]),
+                     num_cpus=READ_CPUS)
+    ds = ds.map_batches(_ScoreActor, batch_size=a["batch_size"], batch_format="pyarrow",
+                        compute=ActorPoolStrategy(size=a["num_actors"]),
+                        fn_constructor_kwargs=dict(factory=a["factory"], sources=shards,
+                                                   detail=a["detail"], threads=a["threads"]),
+                        num_cpus=a["actor_cpus"], num_gpus=a["actor_gpus"])
+    counts = [count_records(shards[i], a["fmt"]) for i in pending]
     total = None if None in counts else sum(counts)   # type: ignore[arg-type]
     start = time.monotonic()
     queue = list(pending)       # shards not finished, in order
     writer: ParquetWriter | None = None
     current = -1
-    with Progress("scoring on ray", total=total, enabled=progress) as bar:
+    with Progress("scoring on ray", total=total, enabled=a["progress"]) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if not run.records:
+                run.first_record_s = time.monotonic() - start
+                run.first_batch_records = len(batch)
             for shard, record in zip(batch.column("shard").to_pylist(),
                                      batch.column("record").to_pylist()):
                 if shard != current:
@@ -233,8 +259,6 @@ def score_on_ray(data: str, output: str, *, scorer: str | Callable[[], Any] | No
                     queue.pop(0)
                     current = shard
                     writer = ParquetWriter(finals[shard] + ".tmp")
-                if not run.records:
-                    run.first_record_s = time.monotonic() - start
                 writer.write(json.loads(record))
                 run.records += 1
                 bar.advance()
@@ -243,7 +267,6 @@ def score_on_ray(data: str, output: str, *, scorer: str | Callable[[], Any] | No
         for i in queue:
             _write_empty(finals[i], run, shards[i])
     run.seconds = time.monotonic() - start
-    return run
 
 
 class _Factory:
