@@ -174,3 +174,16 @@ def test_bf16_packed_rows_match_bf16_alone(sp_tokenizer, torch_threads):
     alone = Scorer(scorer.backend, scorer.tokenizer, share_context=False, pack=False)
     for (p, r), s in zip(PAIRS[:12], scorer.score_many(PAIRS[:12])):
         assert s.logprob == pytest.approx(alone.score(p, r).logprob, abs=0.05 * s.num_tokens)
+
+
+def test_threads_option_sets_torch_threads(tiny_model_dir):
+    from loglik import ConfigError
+
+    before = torch.get_num_threads()
+    try:
+        Scorer.from_pretrained(tiny_model_dir, threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="threads must be >= 1"):
+        Scorer.from_pretrained(tiny_model_dir, threads=0)

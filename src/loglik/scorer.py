@@ -68,10 +68,21 @@ class Scorer:
                         device: str = "cpu", trust_remote_code: bool = False,
                         allow_pickle: bool = False, revision: str | None = None,
                         chunk_size: int | None = None, max_length: int | None = None,
-                        **options: Any) -> Scorer:
-        """Load a Hugging Face causal LM (local folder or hub id; None = the default model)."""
+                        threads: int | None = None, **options: Any) -> Scorer:
+        """Load a Hugging Face causal LM (local folder or hub id; None = the default model).
+
+        ``threads`` sets torch's intra-op CPU threads for the process (default: torch's own).
+        """
         from .backends.hf import load_hf
         from .default_model import default_model_path
+
+        if threads is not None:
+            if threads < 1:
+                raise ConfigError(f"threads must be >= 1, got {threads}; pass the number of "
+                                  "CPU cores to use")
+            import torch
+
+            torch.set_num_threads(threads)
 
         hf_model, tokenizer = load_hf(model or default_model_path(), dtype=dtype, device=device,
                                       trust_remote_code=trust_remote_code,

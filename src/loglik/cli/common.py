@@ -22,6 +22,8 @@ def add_model_options(p: argparse.ArgumentParser, *, multiple: bool = False) -> 
                    help="allow loading pickle (.bin) weights; safetensors only by default")
     p.add_argument("--batch-tokens", type=int, default=8192,
                    help="padded tokens per forward pass (default 8192)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice, usually all cores)")
 
 
 def add_encode_options(p: argparse.ArgumentParser) -> None:
@@ -53,7 +55,8 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(dtype=args.dtype, device=args.device, revision=args.revision,
                 trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
                 batch_tokens=args.batch_tokens, bos=args.bos, score_eos=args.score_eos,
-                whitespace=args.whitespace, truncate=args.truncate)
+                whitespace=args.whitespace, truncate=args.truncate,
+                threads=getattr(args, "threads", None))
 
 
 def scorer_from_args(args: argparse.Namespace, model: str | None = None):
