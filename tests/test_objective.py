@@ -110,10 +110,13 @@ def test_other_families_equal_scorer(family, tok, tokenizers, torch_threads):
         torch.testing.assert_close(ours[n], g, rtol=1e-4, atol=1e-5, msg=n)
 
 
-@pytest.mark.parametrize("chunk_size", [None, 3])
-def test_gradients_match_cross_entropy(chunk_size, tiny_llama, sp_tokenizer):
-    model = tiny_llama
-    batch = collate(Encoder(sp_tokenizer).encode_many(_examples()))
+@pytest.mark.parametrize("name,chunk_size", [("llama", None), ("llama", 3), ("gpt2", 5)])
+def test_gradients_match_cross_entropy(name, chunk_size, tiny_llama, sp_tokenizer, tiny_gpt2,
+                                       bpe_tokenizer):
+    """gpt2 ties the output head to the input embedding: both gradients land on one weight."""
+    model, tokenizer = {"llama": (tiny_llama, sp_tokenizer), "gpt2": (tiny_gpt2, bpe_tokenizer)}[name]
+    model.eval()                                   # no dropout: the same function twice
+    batch = collate(Encoder(tokenizer).encode_many(_examples()))
     model.zero_grad()
     loss = conditional_nll(model, batch, chunk_size=chunk_size)
     loss.backward()

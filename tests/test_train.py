@@ -114,9 +114,11 @@ def test_finetune_pairs_matches_loglik_score(tmp_path, tiny_model_dir, capsys):
 def test_resume_equals_uninterrupted_run(tmp_path, tiny_gpt2_dir):
     """GPT-2 has dropout: resuming mid-epoch needs the RNG state and the data order back."""
     data = _pairs(tmp_path / "train.jsonl", CAPITALS)
+    held = _pairs(tmp_path / "eval.jsonl", CAPITALS[:3])
     out = tmp_path / "run"
     kw = dict(model=tiny_gpt2_dir, output_dir=str(out), epochs=2, lr=3e-3, batch_tokens=64,
-              save_every=1, log_every=1, threads=1, seed=3, quiet=True)
+              save_every=1, log_every=1, eval_every=1, eval_data=held, threads=1, seed=3,
+              quiet=True)
     first = loglik.train(data, **kw)
     steps_per_epoch = first.steps // 2
     assert steps_per_epoch >= 2
@@ -125,6 +127,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_gpt2_dir):
     ckpts = sorted((out / "checkpoints").iterdir())
     shutil.rmtree(ckpts[-1])          # as if killed before the last checkpoint was written
     (out / "model.safetensors").unlink()
+    kinds = [r["kind"] for r in log]
+    assert kinds.count("eval") == first.steps - 2 and kinds.count("epoch") == 3
     resumed = loglik.train(data, resume=True, **kw)
     assert resumed.steps == first.steps
     assert (out / "model.safetensors").read_bytes() == weights

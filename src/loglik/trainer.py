@@ -52,6 +52,7 @@ class TrainOptions:
     save_every: int = 0           # also checkpoint every N steps (0: at the end of epochs only)
     keep_checkpoints: int = 2
     log_every: int = 10
+    eval_every: int = 0           # also score the held-out data every N steps (0: per epoch)
     eval_train: bool = True       # score the training data after every epoch
 
     def __post_init__(self) -> None:
@@ -61,7 +62,7 @@ class TrainOptions:
                   ("weight_decay", self.weight_decay >= 0), ("clip", self.clip >= 0),
                   ("save_every", self.save_every >= 0),
                   ("keep_checkpoints", self.keep_checkpoints >= 1),
-                  ("log_every", self.log_every >= 1)]
+                  ("log_every", self.log_every >= 1), ("eval_every", self.eval_every >= 0)]
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"invalid {name}={getattr(self, name)!r} (--{name.replace('_', '-')})")
@@ -231,7 +232,17 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
                                           "nll_token_mean": step_nll,
                                           "tokens_per_s": epoch_tokens / epoch_time}) + "\n")
                     log.flush()
-                if opts.save_every and step % opts.save_every == 0 and step < (epoch + 1) * steps_per_epoch:
+                mid_epoch = step < (epoch + 1) * steps_per_epoch
+                if eval_set is not None and opts.eval_every and step % opts.eval_every == 0 \
+                        and mid_epoch:
+                    record = {"kind": "eval", "epoch": epoch + 1, "step": step,
+                              "eval": evaluate(net, tok, eval_set, encode, opts.batch_tokens)}
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    net.train()
+                    if not quiet:
+                        print(_epoch_line(record, opts.epochs), file=sys.stderr, flush=True)
+                if opts.save_every and step % opts.save_every == 0 and mid_epoch:
                     save(epoch)
         trained_tokens += epoch_tokens
         train_time += epoch_time
@@ -411,6 +422,8 @@ def _count_lines(path: str) -> int:
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {record['epoch']}/{epochs}"]
+    if record["kind"] == "eval":
+        parts.append(f"step {record['step']}")
     for name in ("train", "eval"):
         if name in record:
             r = record[name]

@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also checkpoint every N steps (default: after every epoch only)")
     p.add_argument("--keep-checkpoints", type=int, default=2)
     p.add_argument("--log-every", type=int, default=10, help="log a step record every N steps")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="also score the --eval data every N steps (default: after every epoch "
+                   "only)")
     p.add_argument("--eval-train", action=argparse.BooleanOptionalAction, default=True,
                    help="score the training data after every epoch (default: yes)")
     p.add_argument("--resume", action="store_true",
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, clip=args.clip,
         seed=args.seed, precision=args.precision, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
-        eval_train=args.eval_train)
+        eval_every=args.eval_every, eval_train=args.eval_train)
     print(f"trained {result.steps} steps at {result.tokens_per_s:.0f} tokens/s; model saved "
           f"to {result.output_dir} (log: {result.output_dir}/log.jsonl)")
     return 0
