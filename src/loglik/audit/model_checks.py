@@ -82,10 +82,10 @@ def _response_part(lp_row: Any, e: Encoded) -> list[float]:
 
 def reference(model: Any, encoded: Sequence[Encoded]) -> list[list[float]]:
     """Response log-probs of each example from a full forward of it alone, in float64."""
+    import torch
+
     out = []
     for e in encoded:
-        import torch
-
         ids = torch.tensor([_seq(e)])
         out.append(_response_part(reference_logprobs(forward_logits(model, ids), ids)[0], e))
     return out
@@ -118,7 +118,9 @@ def kv_cache_logprobs(model: Any, seq: Sequence[int]) -> list[float]:
     return out
 
 
-def check_kv_cache(scorer: Any, encoded: Sequence[Encoded]) -> CheckResult:
+def check_kv_cache(scorer: Any, encoded: Sequence[Encoded], *,
+                   max_tokens: int = 512) -> CheckResult:
+    """Compares every position of each example (its first ``max_tokens`` tokens)."""
     model = hf_model(scorer)
     if model is None:
         return CheckResult("kv_cache", "skip", f"{type(scorer.backend).__name__} exposes no "
@@ -128,10 +130,11 @@ def check_kv_cache(scorer: Any, encoded: Sequence[Encoded]) -> CheckResult:
     tol = tolerance(scorer)
     worst_token, worst_seq, where = 0.0, 0.0, None
     for i, e in enumerate(encoded):
-        seq = _seq(e)
+        seq = _seq(e)[:max_tokens]
         ids = torch.tensor([seq])
         full = reference_logprobs(forward_logits(model, ids), ids)[0].tolist()  # (T-1,)
         inc = kv_cache_logprobs(model, seq)
+        # the response's terms (those within the first max_tokens tokens)
         d_tok, d_seq = _max_diff(full, inc), _sum_diff(_response_part(torch.tensor(full), e),
                                                        _response_part(torch.tensor(inc), e))
         if d_tok > worst_token:
@@ -191,7 +194,9 @@ def _packed_forward(model: Any, encoded: Sequence[Encoded]) -> list[list[float]]
         allowed[s0:s0 + n, s0:s0 + n] = torch.ones(n, n, dtype=torch.bool).tril()
         positions += range(n)
         s0 += n
-    mask = torch.zeros(1, 1, total, total).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(1, 1, total, total, dtype=dtype).masked_fill(
+        ~allowed, torch.finfo(dtype).min)                                   # (1, 1, L, L)
     ids = torch.tensor([[t for s in seqs for t in s]])                      # (1, L)
     logits = forward_logits(model, ids, attention_mask=mask,
                             position_ids=torch.tensor([positions]))         # (1, L, V)
