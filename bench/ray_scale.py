@@ -4,8 +4,8 @@
 
 Scores a generated shard of short pairs with a tiny random GPT-2 (hidden 32, 2 layers) on a
 local Ray, once per actor count (a fresh Ray each time), and prints one JSON line per run:
-records/s overall and after the first batch (steady), start-up seconds (actors built and
-models loaded, first batch back), and the single-process rate on the same data for reference.
+records/s overall and from the first actor ready (steady), start-up seconds (each actor's
+process started and model loaded), and the single-process rate on the same data.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def main() -> None:
         ray.shutdown()
         print(json.dumps({"run": f"ray, {k} actor(s)", "records": run.records,
                           "seconds": round(run.seconds, 1),
-                          "startup_s": round(run.first_record_s, 1),
+                          "actors_that_scored": len(run.actors_ready_s),
+                          "startup_s": round(run.startup_s, 1),
+                          "actor_ready_s": sorted(round(v, 1) for v in run.actors_ready_s.values()),
                           "records_per_s": round(run.records_per_s, 1),
                           "steady_records_per_s": round(run.steady_records_per_s, 1),
                           "actor_cpus": run.actor_cpus}), flush=True)

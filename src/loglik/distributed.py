@@ -15,8 +15,10 @@ resume) and rescores the rest. Rows keep input order (``preserve_order``) so eac
 holds its shard's records in order, like the single-process run.
 
 Resources: with GPUs in the cluster each actor takes ``num_gpus=1`` and scores on CUDA;
-otherwise actors take a fraction of a CPU (a whole CPU per actor on a small machine leaves
-nothing for the read tasks and the pipeline hangs: ray-project/ray issue 44687).
+otherwise the CPUs are shared among the actors, less a quarter CPU for the read tasks and a
+quarter for the driver: a fraction of a CPU each on a small machine (a whole CPU per actor
+there leaves nothing for the read tasks and the pipeline hangs: ray-project/ray issue 44687),
+and ``floor(actor_cpus)`` torch threads each on a big one.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ class RayRun:
     shards_skipped: list[str] = field(default_factory=list)
     records: int = 0
     seconds: float = 0.0            # from submitting the pipeline to the last record
-    first_record_s: float = 0.0     # start-up: actors built, models loaded, first batch back
-    first_batch_records: int = 0    # records in that first batch
+    first_record_s: float = 0.0     # until the first scored batch is back
+    actors_ready_s: dict[int, float] = field(default_factory=dict)   # actor pid -> seconds
+                                    # from the start until its model was loaded (start-up)
     num_actors: int = 0
     actor_cpus: float = 0.0
     actor_gpus: float = 0.0
@@ -54,10 +57,15 @@ class RayRun:
         return self.records / self.seconds if self.seconds else 0.0
 
     @property
+    def startup_s(self) -> float:
+        """Seconds until every actor that scored had its model loaded."""
+        return max(self.actors_ready_s.values(), default=0.0)
+
+    @property
     def steady_records_per_s(self) -> float:
-        """Rate after the first batch is back (start-up and that batch excluded)."""
-        span = self.seconds - self.first_record_s
-        return (self.records - self.first_batch_records) / span if span > 0 else 0.0
+        """Rate from the first actor ready to the last record (start-up excluded)."""
+        span = self.seconds - min(self.actors_ready_s.values(), default=0.0)
+        return self.records / span if span > 0 else 0.0
 
 
 def output_names(shards: list[str]) -> list[str]:
@@ -100,6 +108,7 @@ class _ScoreActor:
         torch.set_num_threads(threads)
         self.scorer = factory()
         self.sources, self.detail = sources, detail
+        self.pid, self.ready = os.getpid(), time.time()
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
         from .types import Example
@@ -109,7 +118,8 @@ class _ScoreActor:
                             source=self.sources[r["shard"]], line=r["line"]) for r in rows]
         scores = self.scorer.score_many(examples, **self.detail)
         return {"shard": [r["shard"] for r in rows], "row": [r["row"] for r in rows],
-                "record": [json.dumps(s.to_record(), allow_nan=True) for s in scores]}
+                "record": [json.dumps(s.to_record(), allow_nan=True) for s in scores],
+                "actor": [self.pid] * len(rows), "ready": [self.ready] * len(rows)}
 
 
 def _resources(ray: Any, num_actors: int, actor_cpus: float | None,
@@ -122,14 +132,15 @@ def _resources(ray: Any, num_actors: int, actor_cpus: float | None,
             actor_cpus = 1.0
         else:   # leave room for the read tasks (ray-project/ray issue 44687)
             free = cluster.get("CPU", 1) - READ_CPUS - 0.25
-            actor_cpus = round(max(0.1, min(1.0, free / num_actors)), 2)
+            actor_cpus = round(max(0.1, free / num_actors), 2)
     return actor_cpus, actor_gpus
 
 
 def score_on_ray(data: str, output: str, *, scorer: str | Callable[[], Any] | None = None,
                  address: str | None = None, num_actors: int = 2,
                  actor_cpus: float | None = None, actor_gpus: float | None = None,
-                 batch_size: int = 1024, block_bytes: int = 256 * 1024, fields: Fields = Fields(), fmt: str | None = None,
+                 batch_size: int = 1024, block_bytes: int = 256 * 1024,
+                 actor_start_timeout_s: int = 600, fields: Fields = Fields(), fmt: str | None = None,
                  rank: bool = False, entropy: bool = False, top_k: int = 0,
                  resume: bool = False, progress: bool | None = None,
                  scorer_options: dict[str, Any] | None = None) -> RayRun:
@@ -151,6 +162,9 @@ def score_on_ray(data: str, output: str, *, scorer: str | Callable[[], Any] | No
         block_bytes: the size at which read output is cut into blocks. A block goes to one
             actor, so a shard is spread over the actors only if it makes several blocks
             (Ray's default, 128 MiB, would give one actor a whole shard of short pairs).
+        actor_start_timeout_s: scoring starts once every actor has loaded its model; a
+            cluster that cannot host ``num_actors`` of them fails after this long instead of
+            waiting for ever.
         resume: keep the output files of shards already done and score only the others.
 
     Returns:
@@ -201,10 +215,11 @@ def score_on_ray(data: str, output: str, *, scorer: str | Callable[[], Any] | No
 
     ctx = DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars,
-             ctx.target_max_block_size)
+             ctx.target_max_block_size, ctx.wait_for_min_actors_s)
     ctx.execution_options.preserve_order = True     # output files in input order
     ctx.enable_progress_bars = False                # loglik reports progress itself
     ctx.target_max_block_size = block_bytes         # several blocks per shard: all actors busy
+    ctx.wait_for_min_actors_s = actor_start_timeout_s   # all actors loaded, then score
     try:
         _run_pipeline(ray, dict(shards=shards, pending=pending, finals=finals,
                                            fields=fields, fmt=fmt, factory=factory,
@@ -215,7 +230,7 @@ def score_on_ray(data: str, output: str, *, scorer: str | Callable[[], Any] | No
                                            actor_gpus=actor_gpus, progress=progress), run)
     finally:
         (ctx.execution_options.preserve_order, ctx.enable_progress_bars,
-         ctx.target_max_block_size) = saved
+         ctx.target_max_block_size, ctx.wait_for_min_actors_s) = saved
     return run
 
 
@@ -239,7 +254,7 @@ def _run_pipeline(ray: Any, a: dict[str, Any], run: RayRun) -> None:
                         num_cpus=a["actor_cpus"], num_gpus=a["actor_gpus"])
     counts = [count_records(shards[i], a["fmt"]) for i in pending]
     total = None if None in counts else sum(counts)   # type: ignore[arg-type]
-    start = time.monotonic()
+    start, wall = time.monotonic(), time.time()
     queue = list(pending)       # shards not finished, in order
     writer: ParquetWriter | None = None
     current = -1
@@ -247,7 +262,9 @@ def _run_pipeline(ray: Any, a: dict[str, Any], run: RayRun) -> None:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             if not run.records:
                 run.first_record_s = time.monotonic() - start
-                run.first_batch_records = len(batch)
+            if len(batch):
+                pid, ready = batch.column("actor")[0].as_py(), batch.column("ready")[0].as_py()
+                run.actors_ready_s.setdefault(pid, max(0.0, ready - wall))
             for shard, record in zip(batch.column("shard").to_pylist(),
                                      batch.column("record").to_pylist()):
                 if shard != current:
@@ -321,7 +338,7 @@ def run_cli(args: Any) -> int:
                       "shards_skipped": len(run.shards_skipped), "records": run.records,
                       "seconds": round(run.seconds, 2),
                       "records_per_s": round(run.records_per_s, 1),
-                      "startup_s": round(run.first_record_s, 2),
+                      "startup_s": round(run.startup_s, 2), "actors": len(run.actors_ready_s),
                       "steady_records_per_s": round(run.steady_records_per_s, 1),
                       "num_actors": run.num_actors, "actor_cpus": run.actor_cpus,
                       "actor_gpus": run.actor_gpus}), file=sys.stderr)
