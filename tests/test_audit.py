@@ -100,9 +100,11 @@ def test_correct_model_passes_every_check(which, request):
     assert report.passed, report.to_dict()
     assert _names(report, "pass") == ["invariance", "kv_cache", "normalisation", "tokenizer"]
     inv = report.check("invariance").details
-    assert set(inv["max_abs_diff"]) == {"scorer_alone", "scorer_batched",
-                                        "scorer_batched_reversed", "right_padded",
-                                        "left_padded", "packed", "shared_context"}
+    ways = {"scorer_alone", "scorer_batched", "scorer_batched_reversed", "right_padded",
+            "left_padded", "packed", "shared_context"}
+    if getattr(scorer.backend, "packing", False):
+        ways |= {"scorer_packed", "scorer_shared_context", "scorer_packed_shared"}
+    assert set(inv["max_abs_diff"]) == ways
     assert max(inv["max_abs_diff"].values()) < 1e-4
     assert report.check("kv_cache").details["max_abs_diff_token"] < 1e-4
     assert report.check("normalisation").details["max_abs_logsumexp"] < 1e-5

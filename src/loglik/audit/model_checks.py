@@ -3,7 +3,7 @@
 1. ``kv_cache`` — chain rule two ways: the per-token log-probs of one full forward equal those
    of incremental decoding with the KV cache, one token at a time.
 2. ``invariance`` — each example scored alone equals the same example in a mixed-length batch
-   (the scorer's own path), right- and left-padded through the model's own forward (left
+   (the scorer's own paths: padded, packed, shared context), right- and left-padded through the model's own forward (left
    padding with position ids from the mask), packed into one row (block-diagonal mask,
    positions reset) and with a shared context computed once and reused from the cache.
 3. ``normalisation`` — every next-token distribution the backend returns sums to 1
@@ -251,6 +251,13 @@ def check_invariance(scorer: Any, encoded: Sequence[Encoded]) -> CheckResult:
     variants["scorer_batched"] = [r.logprobs for r in scorer.backend.score(requests)]
     variants["scorer_batched_reversed"] = [
         r.logprobs for r in scorer.backend.score(requests[::-1])][::-1]
+    if getattr(scorer.backend, "packing", False):   # the scorer's packed / shared paths
+        for name, pack, share in (("scorer_packed", True, False),
+                                  ("scorer_shared_context", False, True),
+                                  ("scorer_packed_shared", True, True)):
+            planned = copy.copy(scorer)
+            planned.pack, planned.share_context = pack, share
+            variants[name] = [r.logprobs for r in planned.run_requests(requests)]
     if model is not None:
         for name, fn in (("right_padded", lambda: _batched_forward(model, live, "right")),
                          ("left_padded", lambda: _batched_forward(model, live, "left")),
