@@ -83,7 +83,13 @@ class AuditReport:
         for c in self.checks:
             console.print(f"{style[c.status]}  [bold]{c.name}[/]: {c.summary}", highlight=False)
             for key, value in c.details.items():
-                if key in ("examples",) and not value:
+                if isinstance(value, (list, dict)) and not value:
+                    continue                     # nothing to say (no problems, no worst case)
+                if isinstance(value, dict) and len(value) > 3:
+                    console.print(f"        {key}:", highlight=False, markup=False)
+                    for k, v in value.items():
+                        console.print(f"            {k}: {_short(v)}", highlight=False,
+                                      markup=False)
                     continue
                 console.print(f"        {key}: {_short(value)}", highlight=False,
                               markup=False)
