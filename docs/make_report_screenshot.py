@@ -45,7 +45,7 @@ pairs = [("The capital of France is", " Paris. The capital of Italy is Rome."),
          ("The capital of France is", " Rome. The capital of Italy is Paris <b>!</b>")]
 expls = [scorer.explain(p, r, top_k=3) for p, r in pairs]
 
-from rich.console import Console  # noqa: E402
+from rich.console import Console
 
 console = Console(width=110, record=True)
 console.print(expls[0].table())

@@ -14,7 +14,6 @@ import torch
 from loglik import Scorer
 from loglik.audit import DIAGNOSES, audit
 from loglik.audit.diagnose import dumps_record
-from loglik.backends.hf import HFBackend
 from loglik.tokenize import HFTokenizer
 from loglik.types import TokenResult
 

@@ -114,10 +114,10 @@ def test_from_score_without_details(gpt2_scorer, bpe_tokenizer):
 
 
 def test_cli_json_and_table(tiny_model_dir, tmp_path):
-    from loglik.cli import main
-
     import contextlib
     import io
+
+    from loglik.cli import main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

@@ -15,7 +15,7 @@ import pytest
 
 from loglik import Scorer
 from loglik.backends.fake import FakeBackend, WordTokenizer
-from loglik.render.html import (BUCKET_COLORS, compare_report, explain_report, score_report)
+from loglik.render.html import BUCKET_COLORS, compare_report, explain_report
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser",
                                                "google-chrome")) if p), None)
@@ -39,7 +39,7 @@ def _classes(page):
 
 
 def test_buckets_by_probability_and_rank(fake):
-    scorer, tok = fake
+    scorer, _ = fake
     e = scorer.explain("a", " b c d a", top_k=3)
     page = explain_report([e])
     spans = _classes(page)
@@ -133,7 +133,7 @@ def _chromium(tmp_path, *args):
            "--no-first-run", "--disable-background-networking", "--disable-component-update",
            "--disable-sync", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
            *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
 
 
 def _rgb(color):
