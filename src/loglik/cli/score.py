@@ -59,6 +59,7 @@ def count_records(path: str, fmt: str | None) -> int | None:
     if len(shards) > 1:
         counts = [count_records(shard, fmt) for shard in shards]
         return None if None in counts else sum(counts)   # type: ignore[arg-type]
+    path = shards[0]
     if path == "-" or not os.path.isfile(path):
         return None
     fmt = fmt or detect_format(path)
