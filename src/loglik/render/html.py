@@ -47,7 +47,7 @@ h1{font-size:20px;margin:0 0 6px} .meta{color:#555;font-size:13px;margin-bottom:
 .tip table{border-collapse:collapse;margin-top:4px} .tip td{padding:0 6px 0 0}
 .sum{font-size:13px;color:#333;margin-top:4px}
 .cols{display:grid;grid-template-columns:1fr 1fr;gap:12px}
-.cols h3{font-size:13px;margin:0 0 4px}
+.ex h3{font-size:13px;margin:8px 0 4px}
 .note{color:#a00;font-size:12px}
 """
 
@@ -108,13 +108,15 @@ def _tooltip(row: TokenRow, extra: str = "") -> str:
     return f'<span class="tip">{tip}</span>'
 
 
-def _token_span(row: TokenRow, anchor: str, *, diff_class: str = "", extra: str = "") -> str:
-    classes = ["t", f"lp{prob_bucket(row.logprob)}"]
-    rb = rank_bucket(row.rank)
-    if rb is not None:
-        classes.append(f"rk{rb}")
-    if diff_class:
-        classes.append(diff_class)
+def _token_span(row: TokenRow, anchor: str, *, diff_class: str | None = None,
+                extra: str = "") -> str:
+    if diff_class is None:               # coloured by probability or rank (the page's mode)
+        classes = ["t", f"lp{prob_bucket(row.logprob)}"]
+        rb = rank_bucket(row.rank)
+        if rb is not None:
+            classes.append(f"rk{rb}")
+    else:                                # coloured by a difference between two models
+        classes = ["t", diff_class or "d0"]
     try:
         text = row.data.decode("utf-8")
     except UnicodeDecodeError:            # part of a character: show its bytes
@@ -195,9 +197,8 @@ _DIFF_EDGES = (0.5, 0.05)   # |delta| in nats
 
 
 def _diff_css() -> str:
-    return ("body.by-diff .dp1{background:#8fb6ff} body.by-diff .dp0{background:#d2e2ff}"
-            "body.by-diff .dn0{background:#ffd6d6} body.by-diff .dn1{background:#ff9d9d}"
-            "body.by-diff .t{} ")
+    return (".dp1{background:#8fb6ff} .dp0{background:#d2e2ff} .d0{background:#eee} "
+            ".dn0{background:#ffd6d6} .dn1{background:#ff9d9d}")
 
 
 def _diff_class(delta: float) -> str:
@@ -246,7 +247,8 @@ def compare_report(scores_a: Sequence[Any], scores_b: Sequence[Any], *,
                     extra=f"{na}: {ra.logprob:.4f} · {nb}: {rb.logprob:.4f} · "
                           f"Δ {rb.logprob - ra.logprob:+.4f}")
                 for ra, rb in zip(ea.rows, eb.rows))
-            diff = (f'<h3>per-token difference ({nb} − {na})</h3>'
+            diff = (f'<h3>per-token difference, {nb} − {na} (blue: higher under {nb}, '
+                    f"red: lower, grey: within {_DIFF_EDGES[1]} nats)</h3>"
                     f'<div class="resp diff">{spans}</div>')
         else:
             diff = ('<div class="note">the two tokenizers split this response differently; '
@@ -254,10 +256,8 @@ def compare_report(scores_a: Sequence[Any], scores_b: Sequence[Any], *,
         prompt = f'<div class="prompt">{escape(p)}</div>' if p is not None else ""
         blocks.append(f'<div class="ex" id="ex-{i}"><h2>#{i} · Δ = {delta:+.4f} nats</h2>'
                       f"{prompt}{cols}{diff}</div>")
-    meta = (f"{len(blocks)} example(s) · {nb} more probable than {na} on {wins} · "
-            "blue: higher under " + nb + ", red: lower")
-    return _page(title, "".join(blocks), color_by=color_by, modes=(*COLOR_BY, "diff"),
-                 meta=meta)
+    meta = f"{len(blocks)} example(s) · {nb} more probable than {na} on {wins}"
+    return _page(title, "".join(blocks), color_by=color_by, modes=COLOR_BY, meta=meta)
 
 
 def write(path: str, page: str) -> None:
