@@ -187,3 +187,19 @@ def test_threads_option_sets_torch_threads(tiny_model_dir):
         torch.set_num_threads(before)
     with pytest.raises(ConfigError, match="threads must be >= 1"):
         Scorer.from_pretrained(tiny_model_dir, threads=0)
+
+
+def test_packed_rows_apply_the_head_only_at_scored_positions(sp_tokenizer, torch_threads):
+    """The output head sees one row per scored token, in chunks, on the packed path too."""
+    model = tiny_model("llama", len(sp_tokenizer), scale=10.0, seed=6)
+    scorer = Scorer.from_hf(model, sp_tokenizer, batch_tokens=400, chunk_size=3)
+    calls = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda mod, inp, out: calls.append(inp[0].shape))
+    try:
+        scores = scorer.score_many(PAIRS)
+    finally:
+        hook.remove()
+    assert any(not b.simple for b in scorer.last_plan.batches)
+    assert all(len(shape) == 2 and shape[0] <= 3 for shape in calls)     # (C <= 3, H) chunks
+    assert sum(shape[0] for shape in calls) == sum(s.num_tokens for s in scores)
