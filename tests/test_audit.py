@@ -251,6 +251,22 @@ def test_each_flaw_is_caught_and_named(llama_scorer, flawed_file):
     assert set(check.details["diagnoses"]) <= set(DIAGNOSES)
 
 
+def test_flaws_without_bos(gpt2_scorer, tiny_gpt2, bpe_tokenizer, tmp_path):
+    """GPT-2 style (no BOS added): the same flaws, named the same way."""
+    flaws = [None, "shifted", "unshifted", "prompt_included", "log_base_10", "mean_not_sum",
+             "probabilities_added"]
+    lines = []
+    for flaw in flaws:
+        values, total = hand_loop(tiny_gpt2, bpe_tokenizer, *PAIRS[0], flaw)
+        lines.append(dumps_record(*PAIRS[0], values, total))
+    path = tmp_path / "gpt2_tool.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = audit(gpt2_scorer, [], check_file=str(path), checks=())
+    assert [r.diagnosis for r in report.records] == [
+        "ok", "shifted", "shifted", "prompt_included", "log_base_10", "mean_not_sum",
+        "probabilities_added"]
+
+
 def test_unknown_flaw(llama_scorer, tmp_path):
     path = tmp_path / "odd.jsonl"
     path.write_text(dumps_record("The dog", " sleeps.", logprob=-0.123) + "\n")
