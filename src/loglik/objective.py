@@ -115,7 +115,7 @@ def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
     _, targets = shift(ids.unsqueeze(-1), batch["labels"].to(device))     # (B, T-1)
     rows, cols = (targets != IGNORE).nonzero(as_tuple=True)               # (N,), (N,)
     tgt = targets[rows, cols]                                              # (N,)
-    weights = _weights(reduction, rows, ids.shape[0], num_items_in_batch)  # (N,)
+    scale = _scale(reduction, rows, num_items_in_batch)   # the reduction: sum x scale
 
     body = model.base_model if model.base_model is not model else None
     head = model.get_output_embeddings()
@@ -129,32 +129,30 @@ def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
         if not torch.is_grad_enabled():   # no backward will come: skip computing gradients
             h, weight = h.detach(), weight.detach()
             bias = bias.detach() if bias is not None else None
-        loss, token_nll = FusedLinearNLL.apply(h, weight, bias, tgt, weights,
+        loss, token_nll = FusedLinearNLL.apply(h, weight, bias, tgt, scale,
                                                _chunk(chunk_size, weight.shape[0]))
     else:   # a logit transform or an unusual head: per-token NLL from the model's logits
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B,T,V)
         lg, _ = shift(logits, targets)                                     # (B, T-1, V)
         lg = lg[rows, cols].float()                                        # (N, V)
         token_nll = torch.logsumexp(lg, -1) - lg.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-        loss = (token_nll * weights).sum()                                 # ()
+        loss = token_nll.sum() * scale                                     # ()
     per_row = torch.zeros(ids.shape[0], dtype=torch.float64, device=device)
     per_row.index_add_(0, rows, token_nll.detach().double())              # (B,)
     return loss, per_row.cpu()
 
 
-def _weights(reduction: str, rows: torch.Tensor, batch_size: int,
-             num_items: int | torch.Tensor | None) -> torch.Tensor:
-    """Per-token factor of the reduction: 1, 1/tokens of the step or 1/sequences of the step."""
-    w = torch.ones(rows.shape[0], dtype=torch.float32, device=rows.device)  # (N,)
+def _scale(reduction: str, rows: torch.Tensor, num_items: int | torch.Tensor | None) -> float:
+    """The factor of the reduction: 1, 1/tokens of the step or 1/sequences of the step."""
     if reduction == "sum":
-        return w
+        return 1.0
     if num_items is None:
         num_items = rows.numel() if reduction == "token_mean" else rows.unique().numel()
     num_items = float(num_items.item() if torch.is_tensor(num_items) else num_items)
     if num_items <= 0:
         raise ConfigError(f"num_items_in_batch must be positive for reduction={reduction!r}, "
                           f"got {num_items}")
-    return w / num_items
+    return 1.0 / num_items
 
 
 def _chunk(chunk_size: int | None, vocab_size: int) -> int:
@@ -168,10 +166,10 @@ def _logit_transform(config: Any):
 
 
 class FusedLinearNLL(torch.autograd.Function):
-    """``sum_i w_i * (logsumexp(h_i W^T + b) - (h_i W^T + b)[y_i])``, chunked.
+    """``scale * sum_i (logsumexp(h_i W^T + b) - (h_i W^T + b)[y_i])``, chunked.
 
-    Equivalent to ``(w * F.cross_entropy(h @ W.T + b, y, reduction="none")).sum()`` with
-    fp32 logits, but the (N, V) logits never exist at once: each chunk's gradient with respect
+    Equivalent to ``scale * F.cross_entropy(h @ W.T + b, y, reduction="sum")`` with fp32
+    logits, but the (N, V) logits never exist at once: each chunk's gradient with respect
     to ``h``, ``W`` and ``b`` is computed in the forward pass and scaled by the upstream
     gradient in the backward pass. Returns the scalar loss and the unweighted per-token NLL
     (N,), the latter detached.
@@ -179,7 +177,7 @@ class FusedLinearNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor | None, targets: torch.Tensor, weights: torch.Tensor,
+                bias: torch.Tensor | None, targets: torch.Tensor, scale: float,
                 chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = hidden.shape[0]
         want = ctx.needs_input_grad[:3]
@@ -192,18 +190,16 @@ class FusedLinearNLL(torch.autograd.Function):
         for s in range(0, n, chunk):
             h = hidden[s:s + chunk]                                          # (C, H)
             t = targets[s:s + chunk]                                         # (C,)
-            w = weights[s:s + chunk]                                         # (C,)
             logits = (h @ w_mm.T).float()                                    # (C, V) fp32
             if bias is not None:
                 logits = logits + bias.float()
-            lse = torch.logsumexp(logits, -1)                                # (C,)
-            nll[s:s + chunk] = lse - logits.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+            logp = torch.log_softmax(logits, -1)                             # (C, V) fp32
+            nll[s:s + chunk] = -logp.gather(-1, t.unsqueeze(-1)).squeeze(-1)
             if not any(want):
                 continue
-            # d(w_i nll_i)/d logits_i = w_i (softmax(logits_i) - onehot(y_i))
-            grad = torch.exp(logits - lse.unsqueeze(-1))                     # (C, V)
+            # d nll_i / d logits_i = softmax(logits_i) - onehot(y_i), in place
+            grad = logp.exp_()                                               # (C, V)
             grad[torch.arange(t.shape[0], device=t.device), t] -= 1.0
-            grad.mul_(w.unsqueeze(-1))
             if g_hidden is not None:
                 g_hidden[s:s + chunk] = grad.to(hidden.dtype) @ w_mm         # (C, H)
             if g_weight is not None:
@@ -211,14 +207,15 @@ class FusedLinearNLL(torch.autograd.Function):
             if g_bias is not None:
                 g_bias.add_(grad.sum(0))                                     # (V,)
         ctx.grads = (g_hidden, g_weight, g_bias)
+        ctx.scale = scale
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         ctx.mark_non_differentiable(nll)
-        loss = (nll * weights).sum()                                         # ()
+        loss = nll.sum() * scale                                             # ()
         return loss, nll
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, grad_nll: Any) -> tuple[Any, ...]:
-        scale = grad_loss.float()
+        scale = grad_loss.float() * ctx.scale
         out = [None if g is None else (g.float() * scale).to(dt)
                for g, dt in zip(ctx.grads, ctx.dtypes)]
         ctx.grads = None
