@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
         out = results.to_dict() if args.output is None else results.summary.to_dict()
         print(json.dumps(out, ensure_ascii=False))
     else:
-        Console().print(accuracy_table([{"name": args.model or "default model",
+        console = Console()
+        if not console.is_terminal:
+            console.width = max(console.width, 100)   # files and pipes: no wrapping at 80
+        console.print(accuracy_table([{"name": args.model or "default model",
                                          **results.summary.to_dict()}]))
     return 0

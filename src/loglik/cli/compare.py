@@ -44,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", default=None, metavar="FILE",
                    help="write a self-contained HTML report: the responses under the first two "
                    "models side by side, with per-token differences")
+    p.add_argument("--plot-pair", type=int, default=0, metavar="INDEX",
+                   help="0-based pair (in table order) whose differences are drawn (default 0)")
     p.add_argument("--plot-example", type=int, default=None, metavar="INDEX",
                    help="0-based example drawn in the plot (default: largest difference)")
     p.add_argument("--choices", action="store_true",
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from ..render.plots import plot_comparison
 
-        plot_comparison(comparison, args.plot, example=args.plot_example)
+        plot_comparison(comparison, args.plot, pair=args.plot_pair,
+                        example=args.plot_example)
     if args.html:
         from ..render.html import comparison_report, write
 
@@ -130,6 +133,8 @@ def _run_choices(args: argparse.Namespace, scorers: dict[str, Any]) -> int:
     from .choose import accuracy_table
 
     console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 100)   # files and pipes: no wrapping at 80
     console.print(accuracy_table(out["models"]))
     for pair in out["pairs"]:
         t = Table(title=f"{pair['a']} − {pair['b']}: accuracy difference "
@@ -187,7 +192,7 @@ def print_comparison(c: Any, file: Any = None) -> None:
         t.add_row(f"{p.a} − {p.b}", basis, f"{p.diff_total:+.2f}",
                   f"[{p.ci_low:+.2f}, {p.ci_high:+.2f}]", f"{p.diff_mean:+.3f}",
                   f"{p.diff_per_byte:+.4f}",
-                  f"{p.win_rate_a:.0%} / {p.win_rate_b:.0%} / {p.tie_rate:.0%}")
+                  f"{p.win_rate_a:.1%} / {p.win_rate_b:.1%} / {p.tie_rate:.1%}")
     console.print(t)
 
     with_tokens = [p for p in c.pairs if p.token_stats and p.token_stats.get("num_tokens")]
