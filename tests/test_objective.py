@@ -114,7 +114,8 @@ def test_other_families_equal_scorer(family, tok, tokenizers, torch_threads):
 def test_gradients_match_cross_entropy(name, chunk_size, tiny_llama, sp_tokenizer, tiny_gpt2,
                                        bpe_tokenizer):
     """gpt2 ties the output head to the input embedding: both gradients land on one weight."""
-    model, tokenizer = {"llama": (tiny_llama, sp_tokenizer), "gpt2": (tiny_gpt2, bpe_tokenizer)}[name]
+    model, tokenizer = {"llama": (tiny_llama, sp_tokenizer),
+                        "gpt2": (tiny_gpt2, bpe_tokenizer)}[name]
     model.eval()                                   # no dropout: the same function twice
     batch = collate(Encoder(tokenizer).encode_many(_examples()))
     model.zero_grad()

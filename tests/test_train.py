@@ -222,3 +222,12 @@ def test_config_needs_a_fitting_tokenizer(tmp_path, sp_tokenizer):
     with pytest.raises(ConfigError, match=r"vocab_size is 50; set vocab_size >= \d+"):
         loglik.train(str(tmp_path / "t.txt"), model=str(tmp_path / "cfg/config.json"),
                      tokenizer=str(tmp_path / "tok"), output_dir=str(tmp_path / "o"))
+
+
+def test_options_are_validated():
+    from loglik.trainer import TrainOptions
+
+    with pytest.raises(ConfigError, match=r"lr \(--lr\) must be > 0, got -1"):
+        TrainOptions(lr=-1)
+    with pytest.raises(ConfigError, match="precision must be 'fp32' or 'bf16'"):
+        TrainOptions(precision="fp16")

@@ -56,16 +56,20 @@ class TrainOptions:
     eval_train: bool = True       # score the training data after every epoch
 
     def __post_init__(self) -> None:
-        checks = [("epochs", self.epochs >= 1), ("lr", self.lr > 0),
-                  ("batch_tokens", self.batch_tokens >= 1), ("grad_accum", self.grad_accum >= 1),
-                  ("warmup", self.warmup >= 0), ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1),
-                  ("weight_decay", self.weight_decay >= 0), ("clip", self.clip >= 0),
-                  ("save_every", self.save_every >= 0),
-                  ("keep_checkpoints", self.keep_checkpoints >= 1),
-                  ("log_every", self.log_every >= 1), ("eval_every", self.eval_every >= 0)]
-        for name, ok in checks:
+        rules = [("epochs", ">= 1", self.epochs >= 1), ("lr", "> 0", self.lr > 0),
+                 ("batch_tokens", ">= 1", self.batch_tokens >= 1),
+                 ("grad_accum", ">= 1", self.grad_accum >= 1),
+                 ("warmup", ">= 0", self.warmup >= 0),
+                 ("min_lr_ratio", "in [0, 1]", 0 <= self.min_lr_ratio <= 1),
+                 ("weight_decay", ">= 0", self.weight_decay >= 0),
+                 ("clip", ">= 0", self.clip >= 0), ("save_every", ">= 0", self.save_every >= 0),
+                 ("keep_checkpoints", ">= 1", self.keep_checkpoints >= 1),
+                 ("log_every", ">= 1", self.log_every >= 1),
+                 ("eval_every", ">= 0", self.eval_every >= 0)]
+        for name, rule, ok in rules:
             if not ok:
-                raise ConfigError(f"invalid {name}={getattr(self, name)!r} (--{name.replace('_', '-')})")
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{name} ({flag}) must be {rule}, got {getattr(self, name)!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
@@ -101,6 +105,7 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
         tokenizer: a tokenizer folder/id or object (required with a config or model object).
         bos, score_eos, whitespace, truncate: the scorer's encoding rules.
         resume: continue from the newest checkpoint in ``output_dir``.
+        threads: ``torch.set_num_threads`` for the process (it stays set after the call).
         **options: the fields of :class:`TrainOptions` (epochs, lr, batch_tokens, ...).
 
     Returns:
@@ -140,7 +145,8 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     encoder = Encoder(tok, encode, max_length=_context_length(net.config))
     read = dict(text_field=text_field, fields=fields, fmt=format, block_size=block_size)
     train_set = _nonempty(load_examples(data, encoder, **read), data)
-    eval_set = _nonempty(load_examples(eval_data, encoder, **read), eval_data) if eval_data else None
+    eval_set = (_nonempty(load_examples(eval_data, encoder, **read), eval_data)
+                if eval_data else None)
     steps_per_epoch = len(steps_of(plan_epoch(train_set, opts.batch_tokens, seed=opts.seed,
                                               epoch=0), opts.grad_accum))
     total_steps = steps_per_epoch * opts.epochs
@@ -161,6 +167,8 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, epochs_done, log_lines = state["step"], state["epochs_done"], state["log_lines"]
     log = _open_log(out / "log.jsonl", keep_lines=log_lines if last is not None else 0)
     result = TrainResult(str(out))
@@ -218,8 +226,13 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
                     loss.backward()
                     step_nll += loss.item()
                     epoch_tokens += int(batch["attention_mask"].sum())
-                if opts.clip:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), opts.clip)
+                # The norm is computed even without clipping: an inf/nan gradient stops the run.
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                    net.parameters(), opts.clip or math.inf))
+                if not math.isfinite(grad_norm):
+                    raise _diverged(torch.tensor(grad_norm), step + 1, epoch + 1, len(batches),
+                                    [train_set[i] for b in batches for i in b], ckpt_dir,
+                                    what="gradient norm")
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -229,7 +242,7 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
                 if step % opts.log_every == 0:
                     log.write(json.dumps({"kind": "step", "epoch": epoch + 1, "step": step,
                                           "lr": scheduler.get_last_lr()[0],
-                                          "nll_token_mean": step_nll,
+                                          "nll_token_mean": step_nll, "grad_norm": grad_norm,
                                           "tokens_per_s": epoch_tokens / epoch_time}) + "\n")
                     log.flush()
                 mid_epoch = step < (epoch + 1) * steps_per_epoch
@@ -350,12 +363,12 @@ def _nonempty(encoded: list[Encoded], path: str) -> list[Encoded]:
 
 
 def _diverged(loss: Any, step: int, epoch: int, micro: int, examples: list[Encoded],
-              ckpt_dir: Path) -> TrainingError:
+              ckpt_dir: Path, what: str = "loss") -> TrainingError:
     last = _latest_checkpoint(ckpt_dir)
     kept = (f"the last good checkpoint is {last} (continue from it with --resume)" if last
             else "no checkpoint was written yet")
     return TrainingError(
-        f"the loss became {loss.item()} at step {step} (epoch {epoch}, micro-batch {micro} of "
+        f"the {what} became {loss.item()} at step {step} (epoch {epoch}, micro-batch {micro} of "
         f"the step, {len(examples)} examples, {sum(e.num_tokens for e in examples)} response "
         f"tokens); stopped without saving; {kept}. Lower --lr, keep --clip on, or train in fp32")
 
@@ -376,6 +389,8 @@ def save_checkpoint(ckpt_dir: Path, model: Any, tokenizer: Any, *, step: int,
     log.flush()
     torch.save({"step": step, "epochs_done": epochs_done, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                "cuda_rng": (torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                             else None),
                 "log_lines": _count_lines(log.name), "options": asdict(options),
                 "total_steps": total_steps}, tmp / STATE_FILE)
     shutil.rmtree(final, ignore_errors=True)
@@ -394,11 +409,15 @@ def _check_resume(state: dict[str, Any], opts: TrainOptions, total_steps: int,
                   path: Path) -> None:
     before = state.get("options", {})
     changed = [k for k in ("lr", "batch_tokens", "grad_accum", "seed", "epochs", "warmup",
-                           "min_lr_ratio", "weight_decay") if before.get(k) != getattr(opts, k)]
-    if changed or state.get("total_steps") != total_steps:
-        what = ", ".join(f"{k} {before.get(k)!r} -> {getattr(opts, k)!r}" for k in changed)
-        raise TrainingError(f"cannot resume from {path}: the run's options differ ({what or 'the data changed: ' + str(state.get('total_steps')) + ' -> ' + str(total_steps) + ' steps'}); "
-                            "resume with the same data and options, or start a new output folder")
+                           "min_lr_ratio", "weight_decay", "clip", "precision")
+               if before.get(k) != getattr(opts, k)]
+    what = ", ".join(f"{k} {before.get(k)!r} -> {getattr(opts, k)!r}" for k in changed)
+    if not changed and state.get("total_steps") != total_steps:
+        what = (f"the data give {total_steps} steps, the checkpointed run had "
+                f"{state.get('total_steps')}")
+    if what:
+        raise TrainingError(f"cannot resume from {path}: the run differs ({what}); resume with "
+                            "the same data and options, or start a new output folder")
 
 
 def _open_log(path: Path, *, keep_lines: int):
