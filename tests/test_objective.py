@@ -287,3 +287,23 @@ def test_docs_examples_run(tmp_path):
         loss = conditional_nll(model.eval(), collate(encoded), reduction="token_mean")
     vocab = len(namespace["tokenizer"])
     assert loss.item() < 0.6 * math.log(vocab)   # from about log(V) per token at random init
+
+
+def test_no_vocab_by_sequence_tensor_is_kept_for_backward(tiny_llama, sp_tokenizer):
+    """The fused head keeps (N, H) and (V, H) gradients, never (N, V) logits, for backward;
+    the plain formula keeps the full logits (which shows the check can fail)."""
+    batch = collate(Encoder(sp_tokenizer).encode_many(_examples()))
+    n = int((batch["labels"] != -100).sum())
+    vocab = tiny_llama.get_output_embeddings().weight.shape[0]
+
+    def largest_saved(fn) -> int:
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t,
+                                                      lambda t: t):
+            loss = fn()
+        loss.backward()
+        tiny_llama.zero_grad()
+        return max(sizes)
+
+    assert largest_saved(lambda: conditional_nll(tiny_llama, batch)) < n * vocab
+    assert largest_saved(lambda: _reference_sum(tiny_llama, batch)) >= n * vocab

@@ -231,3 +231,17 @@ def test_options_are_validated():
         TrainOptions(lr=-1)
     with pytest.raises(ConfigError, match="precision must be 'fp32' or 'bf16'"):
         TrainOptions(precision="fp16")
+
+
+def test_cli_flags_mirror_the_keyword_arguments():
+    import dataclasses
+    import inspect
+
+    from loglik.cli import build_parser
+    from loglik.trainer import TrainOptions, train
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    dests = {a.dest for a in sub.choices["train"]._actions}
+    keywords = {f.name for f in dataclasses.fields(TrainOptions)}
+    keywords |= set(inspect.signature(train).parameters) - {"options", "fields", "quiet"}
+    assert keywords - dests == set()
