@@ -96,24 +96,15 @@ def test_choose_matches_score_many_and_moves_whitespace(llama_scorer):
     assert no_mi.rows[0].logprobs_neutral is None and "mutual_info" not in no_mi.rows[0].picks
 
 
-def test_shared_context_scoring_is_used_and_identical(llama_scorer):
-    calls = []
-
-    class WithSharedContext(Scorer):
-        def score_choices(self, prompt, choices):
-            calls.append((prompt, tuple(choices)))
-            return self.score_many([(prompt, c) for c in choices])
-
-    shared = WithSharedContext(llama_scorer.backend, llama_scorer.tokenizer)
-    rows = [("The dog", [" sleeps", " barks"], 0), ("2 + 2 =", [" 4", " 5", " four"], 0)]
-    a, b = choose(shared, rows), choose(llama_scorer, rows)
-    assert calls == [("The dog", (" sleeps", " barks")), ("2 + 2 =", (" 4", " 5", " four"))]
-    for x, y in zip(a.rows, b.rows):   # other batch neighbours: equal within fp32 tolerance
-        assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4) and x.picks == y.picks
-    if hasattr(Scorer, "score_choices"):    # the real shared-context path, once it exists
-        real = choose(Scorer(llama_scorer.backend, llama_scorer.tokenizer), rows)
-        for x, y in zip(real.rows, b.rows):
-            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
+def test_choices_equal_score_choices_per_row(llama_scorer):
+    """One batched score_many over all rows gives Scorer.score_choices' numbers, row by row."""
+    rows = [("The dog", [" sleeps", " barks"], 0), ("2 + 2 =", [" 4", " 5", " four"], 0),
+            ("The dog", [" sleeps", " runs fast"], 1)]
+    got = choose(llama_scorer, rows, mutual_info=False)
+    for row, (context, choices, _) in zip(got.rows, rows):
+        ref = llama_scorer.score_choices(context, choices)
+        assert row.logprobs == pytest.approx([s.logprob for s in ref], abs=1e-4)
+        assert row.num_tokens == [s.num_tokens for s in ref]
 
 
 @pytest.mark.parametrize("record, message", [
