@@ -256,3 +256,15 @@ def test_cli_compare_table_and_plot(pairs_file, tiny_model_dir, tmp_path, capsys
 def test_cli_compare_needs_two_models(pairs_file, tiny_model_dir, capsys):
     assert main(["compare", pairs_file, "--model", tiny_model_dir]) == 2
     assert "at least two --model" in capsys.readouterr().err
+
+
+def test_token_end_offsets(sp_tokenizer, bpe_tokenizer):
+    from loglik.render.plots import token_end_offsets
+
+    for tok in (sp_tokenizer, bpe_tokenizer):
+        text = " Paris. The dog"
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        ends = token_end_offsets(tok, ids, text)
+        assert len(ends) == len(ids) and ends[-1] == len(text)
+        assert ends == sorted(ends) and ends[0] > 0
+    assert token_end_offsets(sp_tokenizer, [], "") == []
