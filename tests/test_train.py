@@ -245,3 +245,16 @@ def test_cli_flags_mirror_the_keyword_arguments():
     keywords = {f.name for f in dataclasses.fields(TrainOptions)}
     keywords |= set(inspect.signature(train).parameters) - {"options", "fields", "quiet"}
     assert keywords - dests == set()
+
+
+def test_epoch_plan_is_a_seeded_permutation_within_the_token_budget():
+    from loglik.train_data import plan_epoch, row_length
+    from loglik.types import Encoded
+
+    encoded = [Encoded((1,), tuple(range(2, 2 + n)), "", "joint")
+               for n in [3, 3, 3, 3, 5, 1, 7, 3]]
+    a = plan_epoch(encoded, 16, seed=0, epoch=0)
+    assert sorted(i for b in a for i in b) == list(range(len(encoded)))
+    assert all(len(b) * max(row_length(encoded[i]) for i in b) <= 16 or len(b) == 1 for b in a)
+    assert plan_epoch(encoded, 16, seed=0, epoch=0) == a              # same seed, same order
+    assert {plan_epoch(encoded, 16, seed=0, epoch=e)[0] for e in range(6)} != {a[0]}

@@ -135,10 +135,17 @@ def row_length(enc: Encoded) -> int:
 
 def plan_epoch(encoded: Sequence[Encoded], batch_tokens: int, *, seed: int, epoch: int
                ) -> list[tuple[int, ...]]:
-    """Token-budget batches (indices into ``encoded``) in this epoch's shuffled order."""
-    plan = plan_batches([row_length(e) for e in encoded], batch_tokens)
-    batches = [b.indices for b in plan.batches]
-    random.Random(seed * 1_000_003 + epoch).shuffle(batches)
+    """Token-budget batches (indices into ``encoded``) in this epoch's shuffled order.
+
+    The examples are permuted before planning, so examples of equal length meet different
+    batch neighbours from epoch to epoch; then the batches' order is shuffled.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    perm = list(range(len(encoded)))
+    rng.shuffle(perm)
+    plan = plan_batches([row_length(encoded[i]) for i in perm], batch_tokens)
+    batches = [tuple(perm[j] for j in b.indices) for b in plan.batches]
+    rng.shuffle(batches)
     return batches
 
 
