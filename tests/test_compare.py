@@ -268,3 +268,9 @@ def test_token_end_offsets(sp_tokenizer, bpe_tokenizer):
         assert len(ends) == len(ids) and ends[-1] == len(text)
         assert ends == sorted(ends) and ends[0] > 0
     assert token_end_offsets(sp_tokenizer, [], "") == []
+
+
+def test_cli_score_detail_adds_rank_and_entropy(pairs_file, tiny_model_dir, capsys):
+    assert main(["score", pairs_file, "--model", tiny_model_dir, "--detail"]) == 0
+    rec = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert len(rec["token_ranks"]) == len(rec["token_entropies"]) == rec["num_tokens"]

@@ -37,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="--ray: scoring actors, each holding one model (default 2)")
     p.add_argument("--rank", action="store_true", help="add each token's rank")
     p.add_argument("--entropy", action="store_true", help="add each position's entropy (nats)")
+    p.add_argument("--detail", action="store_true",
+                   help="both --rank and --entropy (full-distribution statistics, no sort)")
     p.add_argument("--top-k", type=int, default=0, help="add the k most probable alternatives")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress on stderr (default: when stderr is a terminal)")
@@ -80,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import Progress
     from .common import scorer_from_args
 
+    if args.detail:
+        args.rank = args.entropy = True
     if args.ray is not None:
         from ..distributed import run_cli
 
