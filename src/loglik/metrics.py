@@ -21,7 +21,7 @@ the correction telescopes: ``Σ corrected = logprob + log B(end) − log B(start
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
