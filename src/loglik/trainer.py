@@ -117,7 +117,9 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     """
     import torch
 
+    from .backends.hf import _context_length
     from .objective import collate, response_nll
+    from .progress import Progress
     from .tokenize import EncodeOptions, Encoder
     from .train_data import load_examples, plan_epoch, steps_of
 
@@ -138,8 +140,6 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     net, tok = load_model(source, tokenizer=tokenizer, device=device,
                           trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
                           revision=revision)
-    from .backends.hf import _context_length
-
     encode = EncodeOptions(bos=bos, score_eos=score_eos, whitespace=whitespace,
                            truncate=truncate)
     encoder = Encoder(tok, encode, max_length=_context_length(net.config))
@@ -187,19 +187,16 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
         if not quiet:
             print(_epoch_line(record, opts.epochs), file=sys.stderr, flush=True)
 
-    def save(epochs_finished: int) -> Path:
-        path = save_checkpoint(ckpt_dir, net, tok, step=step, epochs_done=epochs_finished,
-                               optimizer=optimizer, scheduler=scheduler, log=log,
-                               options=opts, total_steps=total_steps,
-                               keep=opts.keep_checkpoints)
-        return path
+    def save(epochs_finished: int) -> None:
+        save_checkpoint(ckpt_dir, net, tok, step=step, epochs_done=epochs_finished,
+                        optimizer=optimizer, scheduler=scheduler, log=log, options=opts,
+                        total_steps=total_steps, keep=opts.keep_checkpoints)
 
     if last is None:
         evaluate_and_log(0, math.nan)   # the starting point, before any update
     net.train()
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                               enabled=opts.precision == "bf16")
-    from .progress import Progress
 
     # -- the loop -----------------------------------------------------------------------
     trained_tokens, train_time = 0, 0.0
@@ -278,7 +275,7 @@ def lr_factor(step: int, warmup: float, total: int, min_ratio: float) -> float:
     """Linear warmup from 0 to 1 over ``warmup`` steps, then cosine down to ``min_ratio``.
 
     >>> [round(lr_factor(s, 2, 10, 0.1), 3) for s in (0, 1, 2, 6, 10)]
-    [0.5, 1.0, 1.0, 0.55, 0.1]
+    [0.333, 0.667, 1.0, 0.55, 0.1]
     """
     if step < warmup:
         return (step + 1) / (warmup + 1) if warmup >= 1 else 1.0
