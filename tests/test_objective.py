@@ -206,6 +206,13 @@ def test_bad_options():
         collate([Encoded((), (2,), "", "joint")])
 
 
+def test_mean_of_nothing_is_an_error(tiny_llama):
+    empty = collate([Encoded((1, 5), (), "", "joint")])
+    assert conditional_nll(tiny_llama, empty).item() == 0.0
+    with pytest.raises(ConfigError, match="the batch has no response tokens"):
+        conditional_nll(tiny_llama, empty, reduction="token_mean")
+
+
 def test_trainer_loss_equals_objective(tiny_llama, sp_tokenizer):
     batch = collate(Encoder(sp_tokenizer).encode_many(_examples()))
     with torch.no_grad():

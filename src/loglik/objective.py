@@ -150,8 +150,10 @@ def _scale(reduction: str, rows: torch.Tensor, num_items: int | torch.Tensor | N
         num_items = rows.numel() if reduction == "token_mean" else rows.unique().numel()
     num_items = float(num_items.item() if torch.is_tensor(num_items) else num_items)
     if num_items <= 0:
-        raise ConfigError(f"num_items_in_batch must be positive for reduction={reduction!r}, "
-                          f"got {num_items}")
+        raise ConfigError(f"reduction={reduction!r} divides by the number of items, which is "
+                          f"{num_items:g}: the batch has no response tokens (all labels are "
+                          "-100) or num_items_in_batch is not positive; use reduction='sum' "
+                          "or leave such batches out")
     return 1.0 / num_items
 
 
