@@ -92,6 +92,9 @@ def test_pretrain_from_config_on_text(tmp_path, sp_tokenizer, capsys):
     ckpts = sorted((out / "checkpoints").iterdir())
     assert [p.name for p in ckpts] == ["step-00000002", "step-00000003"]   # keep 2
     assert (ckpts[-1] / "model.safetensors").exists() and (ckpts[-1] / "tokenizer.json").exists()
+    from_checkpoint = loglik.Scorer.from_pretrained(str(ckpts[-1])).score_many(
+        [("", doc) for doc in HELDOUT])
+    assert math.fsum(s.logprob for s in from_checkpoint) == pytest.approx(held[-1], abs=1e-6)
 
 
 def test_finetune_pairs_matches_loglik_score(tmp_path, tiny_model_dir, capsys):
