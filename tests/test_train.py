@@ -261,3 +261,19 @@ def test_epoch_plan_is_a_seeded_permutation_within_the_token_budget():
     assert all(len(b) * max(row_length(encoded[i]) for i in b) <= 16 or len(b) == 1 for b in a)
     assert plan_epoch(encoded, 16, seed=0, epoch=0) == a              # same seed, same order
     assert {plan_epoch(encoded, 16, seed=0, epoch=e)[0] for e in range(6)} != {a[0]}
+
+
+def test_checkpoints_without_a_plan_version_resume_in_their_own_order():
+    """Checkpoints written before the examples were permuted (no "plan_version") resume
+    with the order they were trained in: planned in input order, then batches shuffled."""
+    import random
+
+    from loglik.plan import plan_batches
+    from loglik.train_data import plan_epoch, row_length
+    from loglik.types import Encoded
+
+    encoded = [Encoded((1,), tuple(range(2, 2 + n)), "", "joint")
+               for n in [3, 3, 3, 3, 5, 1, 7, 3, 2, 2]]
+    legacy = [b.indices for b in plan_batches([row_length(e) for e in encoded], 16).batches]
+    random.Random(5 * 1_000_003 + 2).shuffle(legacy)
+    assert plan_epoch(encoded, 16, seed=5, epoch=2, version=1) == legacy

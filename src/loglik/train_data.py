@@ -133,16 +133,22 @@ def row_length(enc: Encoded) -> int:
     return len(enc.context_ids) + len(enc.response_ids) if enc.response_ids else 0
 
 
-def plan_epoch(encoded: Sequence[Encoded], batch_tokens: int, *, seed: int, epoch: int
-               ) -> list[tuple[int, ...]]:
+# Version of the epoch order: checkpoints record it, so a run resumes in its own order.
+PLAN_VERSION = 2
+
+
+def plan_epoch(encoded: Sequence[Encoded], batch_tokens: int, *, seed: int, epoch: int,
+               version: int = PLAN_VERSION) -> list[tuple[int, ...]]:
     """Token-budget batches (indices into ``encoded``) in this epoch's shuffled order.
 
     The examples are permuted before planning, so examples of equal length meet different
-    batch neighbours from epoch to epoch; then the batches' order is shuffled.
+    batch neighbours from epoch to epoch; then the batches' order is shuffled. ``version=1``
+    (checkpoints written before that change) plans the examples in input order.
     """
     rng = random.Random(seed * 1_000_003 + epoch)
     perm = list(range(len(encoded)))
-    rng.shuffle(perm)
+    if version >= 2:
+        rng.shuffle(perm)
     plan = plan_batches([row_length(encoded[i]) for i in perm], batch_tokens)
     batches = [tuple(perm[j] for j in b.indices) for b in plan.batches]
     rng.shuffle(batches)

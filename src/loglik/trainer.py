@@ -121,7 +121,7 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     from .objective import collate, response_nll
     from .progress import Progress
     from .tokenize import EncodeOptions, Encoder
-    from .train_data import load_examples, plan_epoch, steps_of
+    from .train_data import PLAN_VERSION, load_examples, plan_epoch, steps_of
 
     opts = TrainOptions(**options)
     if threads:
@@ -160,9 +160,10 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup, total_steps, opts.min_lr_ratio))
 
-    step, epochs_done, log_lines = 0, 0, 0
+    step, epochs_done, log_lines, plan_version = 0, 0, 0, PLAN_VERSION
     if last is not None:
         state = torch.load(last / STATE_FILE, weights_only=False)
+        plan_version = state.get("plan_version", 1)
         _check_resume(state, opts, total_steps, last)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -190,7 +191,8 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     def save(epochs_finished: int) -> None:
         save_checkpoint(ckpt_dir, net, tok, step=step, epochs_done=epochs_finished,
                         optimizer=optimizer, scheduler=scheduler, log=log, options=opts,
-                        total_steps=total_steps, keep=opts.keep_checkpoints)
+                        total_steps=total_steps, keep=opts.keep_checkpoints,
+                        plan_version=plan_version)
 
     if last is None:
         evaluate_and_log(0, math.nan)   # the starting point, before any update
@@ -201,8 +203,8 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     # -- the loop -----------------------------------------------------------------------
     trained_tokens, train_time = 0, 0.0
     for epoch in range(epochs_done, opts.epochs):
-        steps = steps_of(plan_epoch(train_set, opts.batch_tokens, seed=opts.seed, epoch=epoch),
-                         opts.grad_accum)
+        steps = steps_of(plan_epoch(train_set, opts.batch_tokens, seed=opts.seed, epoch=epoch,
+                                    version=plan_version), opts.grad_accum)
         first = step - epoch * steps_per_epoch          # steps of this epoch already done
         epoch_tokens, epoch_time = 0, 0.0
         with Progress(f"epoch {epoch + 1}/{opts.epochs}", total=len(steps),
@@ -373,7 +375,7 @@ def _diverged(loss: Any, step: int, epoch: int, micro: int, examples: list[Encod
 # -- checkpoints and the log ------------------------------------------------------------
 def save_checkpoint(ckpt_dir: Path, model: Any, tokenizer: Any, *, step: int,
                     epochs_done: int, optimizer: Any, scheduler: Any, log: Any, options: Any,
-                    total_steps: int, keep: int) -> Path:
+                    total_steps: int, keep: int, plan_version: int) -> Path:
     """Write ``checkpoints/step-N`` (model, tokenizer, state) atomically; prune old ones."""
     import torch
 
@@ -389,6 +391,7 @@ def save_checkpoint(ckpt_dir: Path, model: Any, tokenizer: Any, *, step: int,
                 "cuda_rng": (torch.cuda.get_rng_state_all() if torch.cuda.is_available()
                              else None),
                 "log_lines": _count_lines(log.name), "options": asdict(options),
+                "plan_version": plan_version,
                 "total_steps": total_steps}, tmp / STATE_FILE)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
