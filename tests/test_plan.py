@@ -87,3 +87,13 @@ def test_max_batch_size_caps_rows():
     plan = plan_packed([(i,) for i in range(5)], [4] * 5, 1000, share=False, pack=False,
                        max_batch_size=2)
     assert [len(b.rows) for b in plan.batches] == [2, 2, 1]
+
+
+def test_short_units_fill_the_gaps_left_in_earlier_batches():
+    # lengths 10, 7, 6, 3 with a budget of 20: batch 1 = rows [10], [7] (room 3); 6 starts
+    # batch 2; 3 goes back into the room beside 7 instead of padding a new row.
+    units = [Unit((1,), (i,), (n - 1,)) for i, n in enumerate([10, 7, 6, 3])]
+    batches = pack_units(units, 20)
+    assert [[[u.members[0] for u in row] for row in b.rows] for b in batches] == [
+        [[0], [1, 3]], [[2]]]
+    assert sum(b.padded_tokens for b in batches) == 26      # 26 real tokens: no padding

@@ -179,11 +179,11 @@ def pack_units(units: Sequence[Unit], batch_tokens: int, *, pack: bool = True,
                max_batch_size: int | None = None) -> tuple[PackedBatch, ...]:
     """Lay units into rows and rows into batches of at most ``batch_tokens`` padded tokens.
 
-    Units are taken longest first. A batch's width is its first (longest) unit's length, so
-    packing never makes a row longer than it would be padded anyway: a unit goes into the
-    first row of the current batch with room for it (first fit), else into a new row while
-    the batch has budget, else it starts the next batch. With ``pack=False`` each row holds
-    one unit (plain length-sorted batching).
+    Units are taken longest first (first-fit decreasing). A batch's width is its first
+    (longest) unit's length, so packing never makes a row longer than it would be padded
+    anyway: a unit goes into the first row of any batch with room for it, else into a new
+    row of the last batch while that batch has budget, else it starts a new batch. With
+    ``pack=False`` each row holds one unit (plain length-sorted batching).
 
     >>> [[[u.members for u in r] for r in b.rows] for b in pack_units(
     ...     [Unit((1,), (0,), (5,)), Unit((1,), (1,), (2,)), Unit((2,), (2,), (2,))], 12)]
@@ -192,29 +192,28 @@ def pack_units(units: Sequence[Unit], batch_tokens: int, *, pack: bool = True,
     if batch_tokens < 1:
         raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
     order = sorted(units, key=lambda u: -u.length)
-    batches: list[PackedBatch] = []
-    rows: list[list[Unit]] = []
-    free: list[int] = []
-    width = 0
+    batches: list[tuple[int, list[list[Unit]]]] = []    # (width, rows)
+    free: list[list[int]] = []                          # room left per row, per batch
     for unit in order:
         n = unit.length
-        if rows:
-            if pack:
-                slot = next((r for r, room in enumerate(free) if room >= n), None)
-                if slot is not None:
-                    rows[slot].append(unit)
-                    free[slot] -= n
-                    continue
+        if pack:
+            slot = next(((b, r) for b, rooms in enumerate(free)
+                         for r, room in enumerate(rooms) if room >= n), None)
+            if slot is not None:
+                b, r = slot
+                batches[b][1][r].append(unit)
+                free[b][r] -= n
+                continue
+        if batches:
+            width, rows = batches[-1]
             full = max_batch_size is not None and len(rows) >= max_batch_size
             if not full and width * (len(rows) + 1) <= batch_tokens:
                 rows.append([unit])
-                free.append(width - n)
+                free[-1].append(width - n)
                 continue
-            batches.append(PackedBatch(tuple(tuple(r) for r in rows), width))
-        rows, free, width = [[unit]], [0], n
-    if rows:
-        batches.append(PackedBatch(tuple(tuple(r) for r in rows), width))
-    return tuple(batches)
+        batches.append((n, [[unit]]))
+        free.append([0])
+    return tuple(PackedBatch(tuple(tuple(r) for r in rows), width) for width, rows in batches)
 
 
 def plan_packed(contexts: Sequence[Sequence[int]], target_lengths: Sequence[int],
