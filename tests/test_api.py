@@ -27,3 +27,15 @@ def test_error_tree():
                 loglik.MissingExtraError):
         assert issubclass(cls, loglik.LoglikError)
     assert issubclass(loglik.ContextLengthError, loglik.InputError)
+
+
+def test_function_entry_points_survive_submodule_imports():
+    """Importing the implementing modules must not shadow loglik.compare/choose/train."""
+    import importlib
+
+    for module in ("loglik.comparison", "loglik.choices", "loglik.trainer", "loglik.cli.compare",
+                   "loglik.cli.choose", "loglik.cli.train"):
+        importlib.import_module(module)
+    for name in ("compare", "choose", "train"):
+        value = getattr(loglik, name)
+        assert callable(value) and not isinstance(value, type(loglik)), name

@@ -10,7 +10,7 @@ import pytest
 import loglik
 from loglik import Scorer
 from loglik.backends.fake import FakeBackend, WordTokenizer
-from loglik.choose import (ChoiceResult, ChoiceRow, argmax, choose, compare_choices, picks,
+from loglik.choices import (ChoiceResult, ChoiceRow, argmax, choose, compare_choices, picks,
                            record_to_row, summarize)
 from loglik.cli import main
 from loglik.errors import InputError

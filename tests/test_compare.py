@@ -14,7 +14,7 @@ import loglik
 from loglik import Scorer
 from loglik.backends.fake import FakeBackend, WordTokenizer
 from loglik.cli import main
-from loglik.compare import bootstrap_sums, compare, percentile_interval
+from loglik.comparison import bootstrap_sums, compare, percentile_interval
 from loglik.distributions import position_stats
 from loglik.errors import ConfigError
 from loglik.metrics import corpus_stats

@@ -115,7 +115,7 @@ def test_score_html_leaves_the_jsonl_unchanged(tiny_model_dir, tmp_path):
 
 
 def test_compare_cli_html(tiny_model_dir, tmp_path):
-    pytest.importorskip("loglik.compare")
+    pytest.importorskip("loglik.comparison")
     data = tmp_path / "pairs.jsonl"
     data.write_text(json.dumps({"prompt": "The dog", "response": " sleeps."}) + "\n")
     html = tmp_path / "c.html"

@@ -20,11 +20,11 @@ __version__ = "0.1.0"
 
 # Entry points that live in heavier modules, imported on first use: name -> "module:attr".
 _LAZY: dict[str, str] = {
-    "compare": "loglik.compare:compare",
+    "compare": "loglik.comparison:compare",
     "conditional_nll": "loglik.objective:conditional_nll",
     "train": "loglik.trainer:train",
-    "Comparison": "loglik.compare:Comparison",
-    "choose": "loglik.choose:choose",
+    "Comparison": "loglik.comparison:Comparison",
+    "choose": "loglik.choices:choose",
     "corpus_stats": "loglik.metrics:corpus_stats",
     "word_logprobs": "loglik.metrics:word_logprobs",
     "AuditReport": "loglik.audit:AuditReport",

@@ -63,7 +63,7 @@ def accuracy_table(models: list[dict[str, Any]]) -> Any:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..choose import ChoiceFields, choose, read_choice_rows
+    from ..choices import ChoiceFields, choose, read_choice_rows
     from ..io import open_jsonl_output
     from .common import scorer_from_args
 

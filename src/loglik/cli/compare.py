@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.choices:
         return _run_choices(args, scorers)
 
-    from ..compare import compare
+    from ..comparison import compare
     from ..data import read_examples
 
     comparison = compare(scorers, read_examples(args.data, fields_from_args(args), args.format),
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_choices(args: argparse.Namespace, scorers: dict[str, Any]) -> int:
-    from ..choose import ChoiceFields, compare_choices, read_choice_rows
+    from ..choices import ChoiceFields, compare_choices, read_choice_rows
 
     fields = ChoiceFields(context=args.context_field, choices=args.choices_field,
                           gold=args.gold_field, id=args.id_field)
@@ -153,7 +153,7 @@ def _f(x: float, digits: int = 3) -> str:
 
 
 def print_comparison(c: Any, file: Any = None) -> None:
-    """The terminal tables of a :class:`~loglik.compare.Comparison`."""
+    """The terminal tables of a :class:`~loglik.comparison.Comparison`."""
     from rich.console import Console
     from rich.table import Table
 

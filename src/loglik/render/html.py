@@ -305,7 +305,7 @@ class ReportCollector:
 
 
 def comparison_report(comparison: Any, *, color_by: str = "logprob") -> str:
-    """:func:`compare_report` of the first two models of a :class:`loglik.compare.Comparison`."""
+    """:func:`compare_report` of the first two models of a :class:`loglik.comparison.Comparison`."""
     toks = list(comparison.tokenizers) + [None, None]
     return compare_report(comparison.scores[0], comparison.scores[1],
                           names=(comparison.names[0], comparison.names[1]),

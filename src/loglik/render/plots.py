@@ -1,4 +1,4 @@
-"""Plots of a :class:`loglik.compare.Comparison` (matplotlib, imported only when plotting).
+"""Plots of a :class:`loglik.comparison.Comparison` (matplotlib, imported only when plotting).
 
 :func:`plot_comparison` draws two panels into one PNG:
 

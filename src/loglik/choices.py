@@ -292,7 +292,7 @@ def compare_choices(scorers: Sequence[Any] | Mapping[str, Any], rows: Iterable[A
     (per rule: ``acc_diff`` = accuracy of a minus b, with the percentile interval of the
     resampled rows).
     """
-    from .compare import bootstrap_sums, percentile_interval
+    from .comparison import bootstrap_sums, percentile_interval
 
     if isinstance(scorers, Mapping):
         names = list(scorers) if names is None else list(names)
@@ -320,11 +320,3 @@ def compare_choices(scorers: Sequence[Any] | Mapping[str, Any], rows: Iterable[A
             pairs.append(pair)
     return {"models": models, "pairs": pairs, "results": results}
 
-
-# ``loglik.choose`` is both this module and the function (see loglik/compare.py).
-class _CallableModule(__import__("types").ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> ChoiceResults:
-        return choose(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -335,12 +335,3 @@ def _add_token_stats(scorers, encoded_of, group_of, pairs, index) -> None:
         for (k, _, _), st in zip(local, stats):
             pairs[k].token_stats = st
 
-
-# ``loglik.compare`` is both this module and the function: importing the submodule sets the
-# package attribute to the module, so the module itself forwards calls to the function.
-class _CallableModule(__import__("types").ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Comparison:
-        return compare(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule
