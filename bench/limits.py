@@ -46,7 +46,7 @@ def workload_flops(records: list[dict], config: dict) -> dict[str, float]:
     total = tokens * f["body"] + keys * f["attn_per_key"] + scored * f["head"]
     counted = sum(len(r["context_ids"]) + len(r["response_ids"]) for r in records)
     return {"flops": total, "unique_tokens": tokens, "scored_tokens": scored,
-            "counted_tokens": counted}
+            "counted_tokens": counted, "requests": len(records), "contexts": len(groups)}
 
 
 def matmul_rate(threads: int, seconds: float = 2.0) -> float:

@@ -130,7 +130,8 @@ def main() -> int:
 def print_table(wname: str, fl: dict, runs: dict, gflops: float) -> None:
     limit_s = fl["flops"] / (gflops * 1e9)
     counted = fl["counted_tokens"]
-    print(f"\n{wname}: {WORKLOADS[wname]} | {counted:,} tokens counted, "
+    print(f"\n{wname} ({WORKLOADS[wname]}); this run: {fl['contexts']:,} contexts, "
+          f"{fl['requests']:,} requests | {counted:,} tokens counted, "
           f"{fl['unique_tokens']:,} unique, {fl['scored_tokens']:,} scored; limit "
           f"{counted / limit_s:,.0f} tok/s")
     ref = runs.get("loglik", {}).get("logprobs")
