@@ -23,10 +23,9 @@ class Batch:
         return self.width * len(self.indices)
 
 
-@dataclass(frozen=True)
-class Plan:
-    batches: tuple[Batch, ...]
-    real_tokens: int
+class _PaddingAccounts:
+    """Padding figures of a plan that has ``batches`` (each with ``padded_tokens``) and
+    ``real_tokens``."""
 
     @property
     def padded_tokens(self) -> int:
@@ -37,6 +36,12 @@ class Plan:
         """Fraction of the forwarded tokens that are padding."""
         padded = self.padded_tokens
         return 1 - self.real_tokens / padded if padded else 0.0
+
+
+@dataclass(frozen=True)
+class Plan(_PaddingAccounts):
+    batches: tuple[Batch, ...]
+    real_tokens: int
 
 
 def plan_batches(lengths: Sequence[int], batch_tokens: int, *,
@@ -113,7 +118,7 @@ class PackedBatch:
 
 
 @dataclass(frozen=True)
-class PackedPlan:
+class PackedPlan(_PaddingAccounts):
     """The packed batches, with the token counts that say how much work was saved.
 
     ``request_tokens`` is what the requests read one by one (context + targets[:-1] each);
@@ -124,16 +129,6 @@ class PackedPlan:
     batches: tuple[PackedBatch, ...]
     request_tokens: int
     real_tokens: int
-
-    @property
-    def padded_tokens(self) -> int:
-        return sum(b.padded_tokens for b in self.batches)
-
-    @property
-    def padding_waste(self) -> float:
-        """Fraction of the forwarded tokens that are padding."""
-        padded = self.padded_tokens
-        return 1 - self.real_tokens / padded if padded else 0.0
 
     @property
     def sharing_saved(self) -> float:
