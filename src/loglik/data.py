@@ -124,25 +124,33 @@ def _parquet_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
             yield row, record
 
 
+def string_field(record: Mapping[str, Any], name: str, *, hint: str = "",
+                 source: str | None = None, line: int | None = None) -> str:
+    """``record[name]``, which must be present and a string; else an InputError saying where.
+
+    ``hint`` ends the missing-field message (for example "; pass --text-field NAME").
+    """
+    if name not in record:
+        raise InputError(f'missing field "{name}" (fields present: '
+                         f'{", ".join(record) or "none"}){hint}',
+                         source=source, line=line, field=name)
+    value = record[name]
+    if not isinstance(value, str):
+        kind = "null" if value is None else type(value).__name__
+        raise InputError(f'field "{name}" must be a string, got {kind} '
+                         f"({json.dumps(value, default=str)[:40]})",
+                         source=source, line=line, field=name)
+    return value
+
+
 def record_to_example(record: Mapping[str, Any], fields: Fields = Fields(), *,
                       source: str | None = None, line: int | None = None) -> Example:
     """Validate one record's fields and build an :class:`Example`."""
     values = []
     for name, flag in ((fields.prompt, "--prompt-field"), (fields.response, "--response-field")):
-        if name not in record:
-            present = list(record)
-            other = [f for f in present if f not in (fields.prompt, fields.response, fields.id)]
-            hint = f"; pass {flag} {other[0]}" if other else ""
-            raise InputError(f'missing field "{name}" (fields present: '
-                             f'{", ".join(present) or "none"}){hint}',
-                             source=source, line=line, field=name)
-        value = record[name]
-        if not isinstance(value, str):
-            kind = "null" if value is None else type(value).__name__
-            raise InputError(f'field "{name}" must be a string, got {kind} '
-                             f"({json.dumps(value, default=str)[:40]})",
-                             source=source, line=line, field=name)
-        values.append(value)
+        other = [f for f in record if f not in (fields.prompt, fields.response, fields.id)]
+        hint = f"; pass {flag} {other[0]}" if other else ""
+        values.append(string_field(record, name, hint=hint, source=source, line=line))
     return Example(values[0], values[1], id=record.get(fields.id), source=source, line=line)
 
 

@@ -142,20 +142,13 @@ def score_text(scorer: Scorer, text: str, *, stride: int | None = None,
 def read_documents(path: str, *, text_field: str = "text", id_field: str = "id",
                    fmt: str | None = None) -> Iterator[Example]:
     """Stream the documents of a file, folder or glob as Examples (``response`` = the text)."""
-    from .data import expand_inputs, iter_records
+    from .data import expand_inputs, iter_records, string_field
 
     for shard in expand_inputs(path):
         source = "<stdin>" if shard == "-" else shard
         for line, record in iter_records(shard, fmt):
-            if text_field not in record:
-                raise InputError(f'missing field "{text_field}" (fields present: '
-                                 f'{", ".join(record) or "none"}); pass --text-field NAME',
-                                 source=source, line=line, field=text_field)
-            text = record[text_field]
-            if not isinstance(text, str):
-                kind = "null" if text is None else type(text).__name__
-                raise InputError(f'field "{text_field}" must be a string, got {kind}',
-                                 source=source, line=line, field=text_field)
+            text = string_field(record, text_field, hint="; pass --text-field NAME",
+                                source=source, line=line)
             yield Example("", text, id=record.get(id_field), source=source, line=line)
 
 

@@ -24,7 +24,7 @@ import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .data import Fields, iter_records, read_examples
+from .data import Fields, iter_records, read_examples, string_field
 from .errors import InputError
 from .plan import plan_batches
 from .tokenize import Encoder
@@ -68,14 +68,8 @@ def iter_documents(path: str, *, text_field: str | None = None, fmt: str | None 
         yield from _txt_documents(path)
         return
     for line, record in iter_records(path, fmt):
-        if text_field not in record:
-            raise InputError(f'missing field "{text_field}" (fields present: '
-                             f'{", ".join(record) or "none"}); pass --text-field NAME',
-                             source=path, line=line, field=text_field)
-        text = record[text_field]
-        if not isinstance(text, str):
-            raise InputError(f'field "{text_field}" must be a string, got '
-                             f"{type(text).__name__}", source=path, line=line, field=text_field)
+        text = string_field(record, text_field, hint="; pass --text-field NAME",
+                            source=path, line=line)
         if text:
             yield Example("", text, source=path, line=line)
 
