@@ -251,8 +251,8 @@ def compare(scorers: Sequence[Any] | Mapping[str, Any], examples: Iterable[Any],
         scorers = list(scorers.values())
     scorers = list(scorers)
     names = list(names) if names is not None else [f"model{i + 1}" for i in range(len(scorers))]
-    if len(scorers) < 2:
-        raise ConfigError(f"compare needs at least two models, got {len(scorers)}")
+    if not scorers:
+        raise ConfigError("compare needs at least one model (two or more to compare them)")
     if len(names) != len(scorers) or len(set(names)) != len(names):
         raise ConfigError(f"need one distinct name per model; got names {names} for "
                           f"{len(scorers)} models")

@@ -4,7 +4,8 @@ Prints per model the totals and normalisations, per pair the paired difference w
 bootstrap interval, win rates, the examples that differ most and (same tokenizer) token-level
 KL / top-1 statistics. ``--json`` prints one JSON object instead; ``--plot FILE.png`` draws
 the difference distribution and one example's token traces. ``--choices`` reads
-multiple-choice rows and compares accuracies instead.
+multiple-choice rows and compares accuracies instead. With one --model, it is compared with
+the embedded default model; with none, the default model's own figures are printed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="compare models on the same prompt/response pairs",
                        description="Score every record of DATA under every --model and compare: "
                        "totals, per token/byte/character, perplexity, bits per byte, paired "
-                       "differences with bootstrap confidence intervals, win rates.")
+                       "differences with bootstrap confidence intervals, win rates. With one --model it "
+                       "is compared with the embedded default model; with none, that model's "
+                       "own figures are printed.")
     p.add_argument("data", metavar="DATA")
     p.add_argument("--name", action="append", default=None,
                    help="display name of each --model, in order (default: the model paths)")
@@ -78,13 +81,19 @@ def model_names(models: list[str], names: list[str] | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
     from .common import scorer_from_args
 
     models = args.model or []
     if len(models) < 2:
-        raise ConfigError(f"compare needs at least two --model, got {len(models)}; e.g. "
-                          "loglik compare data.jsonl --model A --model B")
+        # the embedded model takes the first place: alone, its own figures; beside one
+        # --model, the comparison with it
+        from ..default_model import default_model_path
+
+        models = [default_model_path(), *models]
+    if args.plot and len(models) < 2:
+        from ..errors import ConfigError
+
+        raise ConfigError("--plot draws the differences between two models; pass --model")
     names = model_names(models, args.name)
     scorers = {n: scorer_from_args(args, m) for n, m in zip(names, models)}
     if args.choices:
@@ -182,6 +191,10 @@ def print_comparison(c: Any, file: Any = None) -> None:
             row += [_f(m.mean_entropy), _f(m.median_rank, 1)]
         t.add_row(*row)
     console.print(t)
+    if not c.pairs:
+        console.print("one model: nothing to compare it with (pass --model, twice to leave "
+                      "the default model out)")
+        return
 
     t = Table(title="paired differences a − b (positive: a makes the responses more probable)")
     for col in ("a − b", "compared on", "Δ total", f"{c.pairs[0].confidence:.0%} CI", "Δ mean",
