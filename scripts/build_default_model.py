@@ -13,6 +13,12 @@ runs every stage in order (each can also be run alone, in this order):
     baselines  WORK/baselines.json: held-out figures of the unigram model and the untrained
                network (no training needed)
     train      `loglik train WORK/train.jsonl --model WORK/model -o WORK/run ...`
+    finetune   phase 2: `loglik train` on the train pairs alone (WORK/train_pairs.jsonl),
+               from phase 1's model, at half the learning rate -> WORK/run2
+    mix        phase 3: every train document plus the pairs (repeated), from phase 2's
+               model, at half the learning rate -> WORK/run3
+    polish     phase 4: phase 3's data again, from phase 3's model, at a quarter of the
+               learning rate -> WORK/run4
     eval       WORK/eval.json: held-out NLL and bits-per-byte (model, unigram, untrained),
                conditional matching rate
     ship       copy the model to src/loglik/default_model/ and write its MODEL.md
@@ -163,21 +169,71 @@ def stage_config(work: Path, args) -> None:
     print(f"config -> {model_dir}")
 
 
-def stage_train(work: Path, args) -> None:
-    cmd = ["loglik", "train", str(work / "train.jsonl"), "--model", str(work / "model"),
-           "-o", str(work / "run"), "--eval", str(HELDOUT_PAIRS), "--no-eval-train",
-           "--epochs", str(args.epochs), "--lr", str(args.lr),
-           "--batch-tokens", str(args.batch_tokens), "--grad-accum", str(args.grad_accum),
-           "--warmup", str(args.warmup), "--seed", str(args.seed),
-           "--threads", str(args.threads), "--log-every", "10", "--save-every", "200",
-           "--no-progress"]
-    if (work / "run" / "checkpoints").exists():
+def _loglik_train(work: Path, args, *, data: Path, start: str, out: str, epochs: int,
+                  lr: float, warmup: float, timing: str, save_every: int = 200,
+                  info: dict | None = None) -> None:
+    """One `loglik train` phase: WORK/start -> WORK/out, timed into WORK/timing."""
+    cmd = ["loglik", "train", str(data), "--model", str(work / start), "-o", str(work / out),
+           "--eval", str(HELDOUT_PAIRS), "--no-eval-train", "--epochs", str(epochs),
+           "--lr", str(lr), "--batch-tokens", str(args.batch_tokens),
+           "--grad-accum", str(args.grad_accum), "--warmup", str(warmup),
+           "--seed", str(args.seed), "--threads", str(args.threads), "--log-every", "10",
+           "--save-every", str(save_every), "--no-progress"]
+    if (work / out / "checkpoints").exists():
         cmd.append("--resume")
     print(" ".join(cmd), flush=True)
     t0 = time.time()
     subprocess.run(cmd, check=True)
-    (work / "train_time.json").write_text(json.dumps({"seconds": time.time() - t0,
-                                                      "command": " ".join(cmd)}))
+    (work / timing).write_text(json.dumps({"seconds": time.time() - t0,
+                                           "command": " ".join(cmd), **(info or {})}))
+
+
+def stage_train(work: Path, args) -> None:
+    """Phase 1: sampled documents and the pairs, from the untrained config -> WORK/run."""
+    _loglik_train(work, args, data=work / "train.jsonl", start="model", out="run",
+                  epochs=args.epochs, lr=args.lr, warmup=args.warmup, timing="train_time.json")
+
+
+def stage_finetune(work: Path, args) -> None:
+    """Phase 2: the train pairs alone (conditional examples), continuing from phase 1."""
+    pairs = work / "train_pairs.jsonl"
+    with open(work / "train.jsonl", encoding="utf-8") as src, open(pairs, "w") as dst:
+        dst.writelines(line for line in src if json.loads(line)["prompt"])
+    _loglik_train(work, args, data=pairs, start="run", out="run2", epochs=args.finetune_epochs,
+                  lr=args.lr / 2, warmup=0.05, timing="finetune_time.json")
+
+
+def stage_mix(work: Path, args) -> None:
+    """Phase 3: every train document (not only phase 1's sample) plus the train pairs
+    repeated --pair-repeats times, shuffled, continuing from phase 2 -> WORK/run3."""
+    tok = _tokenizer(work)
+    train, _ = _split_files()
+    docs = _documents(tok, [f.text for f in train] + corpus.prose_documents())
+    pairs = [{"prompt": p.prompt, "response": p.response}
+             for f in train for p in corpus.extract_pairs(f)]
+    rows = [{"prompt": "", "response": d} for d in docs] + pairs * args.pair_repeats
+    random.Random(args.seed + 3).shuffle(rows)
+    _write_jsonl(work / "train_all.jsonl", rows)
+    _loglik_train(work, args, data=work / "train_all.jsonl", start="run2", out="run3",
+                  epochs=args.mix_epochs, lr=args.lr / 2, warmup=0.02, timing="mix_time.json",
+                  info={"documents": len(docs), "pairs": len(pairs),
+                        "pair_repeats": args.pair_repeats})
+
+
+def stage_polish(work: Path, args) -> None:
+    """Phase 4: phase 3's data again, from phase 3's model, at a quarter of the learning rate
+    (a lower second cosine; pairs alone at this point overfit: held-out matching fell)."""
+    _loglik_train(work, args, data=work / "train_all.jsonl", start="run3", out="run4",
+                  epochs=args.polish_epochs, lr=args.lr / 4, warmup=0.02,
+                  timing="polish_time.json")
+
+
+def final_dir(work: Path) -> Path:
+    """The model to evaluate and ship: the last phase that ran."""
+    for run in ("run4", "run3", "run2", "run"):
+        if (work / run / "model.safetensors").exists():
+            return work / run
+    return work / "run"
 
 
 def _scorer(model, tok):
@@ -219,7 +275,7 @@ def stage_eval(work: Path, args, model_dir: Path | None = None) -> dict:
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
-    model_dir = model_dir or work / "run"
+    model_dir = model_dir or final_dir(work)
     tok = _tokenizer(work)
     base = (json.loads((work / "baselines.json").read_text())
             if (work / "baselines.json").exists() else stage_baselines(work, args))
@@ -239,7 +295,7 @@ def stage_eval(work: Path, args, model_dir: Path | None = None) -> dict:
 
 
 def stage_ship(work: Path, args) -> None:
-    run = work / "run"
+    run = final_dir(work)
     SHIP_DIR.mkdir(parents=True, exist_ok=True)
     for old in SHIP_DIR.iterdir():
         if old.is_file():
@@ -257,7 +313,8 @@ def stage_ship(work: Path, args) -> None:
 
 
 STAGES = {"tokenizer": stage_tokenizer, "data": stage_data, "config": stage_config,
-          "baselines": stage_baselines, "train": stage_train, "eval": stage_eval, "ship": stage_ship}
+          "baselines": stage_baselines, "train": stage_train, "finetune": stage_finetune,
+          "mix": stage_mix, "polish": stage_polish, "eval": stage_eval, "ship": stage_ship}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-tokens", type=int, default=2_000_000,
                    help="tokens in WORK/train.jsonl (documents sampled to fill it)")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--finetune-epochs", type=int, default=4, help="phase 2 epochs over the pairs")
+    p.add_argument("--mix-epochs", type=int, default=2, help="phase 3 epochs")
+    p.add_argument("--polish-epochs", type=int, default=2, help="phase 4 epochs")
+    p.add_argument("--pair-repeats", type=int, default=3,
+                   help="phase 3: copies of each train pair beside the documents")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--grad-accum", type=int, default=1)

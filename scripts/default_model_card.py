@@ -1,7 +1,7 @@
 """MODEL.md for the embedded default model, written from the build's own records.
 
 Every figure in the card comes from a file of the build's working folder (``data_stats.json``,
-``run/log.jsonl``, ``train_time.json``, ``eval.json``); nothing is typed by hand.
+``run*/log.jsonl``, ``*_time.json``, ``eval.json``); nothing is typed by hand.
 """
 
 from __future__ import annotations
@@ -15,9 +15,39 @@ import stdlib_corpus as corpus
 REBUILD = "python scripts/build_default_model.py all --work /tmp/loglik-default"
 
 
-def _log(work: Path) -> list[dict]:
-    path = work / "run" / "log.jsonl"
+def _log(work: Path, run: str = "run") -> list[dict]:
+    path = work / run / "log.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _phases(stats: dict) -> list[tuple[str, str, str]]:
+    """(what it trained on, timing file, run folder) of the phases after the first."""
+    return [
+        (f"the {stats['train_pairs']:,} train pairs alone (conditional examples; loss on the "
+         "docstring tokens only), continuing from phase 1", "finetune_time.json", "run2"),
+        ("every train-split document (not only phase 1's sample) plus the train pairs "
+         "repeated, shuffled, continuing from phase 2", "mix_time.json", "run3"),
+        ("phase 3's data again, at a quarter of phase 1's peak learning rate, continuing from "
+         "phase 3", "polish_time.json", "run4"),
+    ]
+
+
+def _phase(work: Path, n: int, title: str, timing_file: str, run: str) -> str:
+    if not (work / timing_file).exists():
+        return ""
+    t = json.loads((work / timing_file).read_text())
+    epochs = [r for r in _log(work, run) if r.get("kind") == "epoch"]
+    extra = (f" ({t['documents']:,} documents, {t['pairs']:,} pairs x {t['pair_repeats']})"
+             if "documents" in t else "")
+    return f"""
+Phase {n}, {title}{extra}:
+
+`{t['command']}`
+
+{epochs[-1]['step']} steps, {epochs[-1]['tokens_per_s']:.0f} tokens/s, {t['seconds'] / 60:.0f} minutes;
+held-out pairs, docstring NLL per token {-epochs[0]['eval']['logprob_mean']:.3f} ->
+{-epochs[-1]['eval']['logprob_mean']:.3f}.
+"""
 
 
 def write_card(path: Path, *, work: Path, arch: dict, size_bytes: int) -> None:
@@ -28,6 +58,8 @@ def write_card(path: Path, *, work: Path, arch: dict, size_bytes: int) -> None:
     epochs = [r for r in log if r.get("kind") == "epoch"]
     last_epoch = epochs[-1]
     start_eval, end_eval = epochs[0].get("eval", {}), last_epoch.get("eval", {})
+    later = "".join(_phase(work, n, title, timing_file, run)
+                    for n, (title, timing_file, run) in enumerate(_phases(stats), start=2))
     trained_tokens = stats["train_document_tokens_used"] + stats["train_pair_tokens"]
     m, u, g = ev["model"], ev["untrained"], ev["unigram"]
     mt, mu = ev["matching"], ev["matching_untrained"]
@@ -43,7 +75,8 @@ Python standard library. It is what `loglik score`, `explain`, `compare` (and ev
 command) and `loglik.Scorer.from_pretrained()` use when no model is given. It knows Python
 source and docstrings, and little else: pass `--model` for real work.
 
-Rebuild it (offline, from the running Python; about an hour on a 2-core machine):
+Rebuild it (offline, from the running Python; about an hour and a half on an idle 2-core
+machine, most of it phases 3 and 4):
 
     {REBUILD}
 
@@ -82,15 +115,18 @@ Byte-level BPE, {arch['vocab_size']:,} tokens, trained with `tokenizers` on the 
 
 ## Training
 
+Phase 1, text and pairs:
+
 `{timing['command']}`
 
-One epoch, {last_epoch['step']} AdamW steps (lr 2e-3, 3% warmup, cosine to 10%, weight decay
-0.01, clip 1.0, batches of at most 4,096 padded tokens), {last_epoch['tokens_per_s']:.0f}
-tokens/s on one thread of a shared 2-core CPU; {timing['seconds'] / 60:.0f} minutes wall
+One epoch of {trained_tokens:,} tokens in {last_epoch['step']} AdamW steps (the options are
+in the command: peak lr, warmup then cosine to 10% of it, batches of at most that many padded
+tokens; weight decay 0.01, clip 1.0), {last_epoch['tokens_per_s']:.0f} tokens/s on one
+thread of a shared, oversubscribed 2-core CPU; {timing['seconds'] / 60:.0f} minutes wall
 clock for the whole command (including the held-out evaluation before and after).
 Held-out pairs, docstring NLL per token (the trainer's own evaluation): {-start_eval.get('logprob_mean', float('nan')):.3f}
 before training, {-end_eval.get('logprob_mean', float('nan')):.3f} after.
-
+{later}
 ## Held-out figures
 
 Held-out source ({m['documents']} documents of the held-out modules, each scored from `<s>`):
