@@ -12,7 +12,6 @@ import math
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
