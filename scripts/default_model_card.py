@@ -143,7 +143,7 @@ in **{100 * mt['rate']:.1f}%** of pairs (untrained: {100 * mu['rate']:.1f}%); me
 {mt['mean_gap_nats']:.2f} nats; docstring NLL per token {mt['own_nll_token_mean']:.3f} after
 its own signature, {mt['other_nll_token_mean']:.3f} after another.
 
-Figures: `scripts/default_model_eval.py`; `tests/test_default_model.py` checks a sample of
-them on the shipped weights.
+Figures: `scripts/default_model_eval.py`; `tests/test_default_model.py` checks the matching
+rate on all held-out pairs and the NLL against the unigram on the shipped weights.
 """
     path.write_text(text, encoding="utf-8")
