@@ -55,6 +55,27 @@ def test_head_matches_plain_formula(chunk):
     torch.testing.assert_close(out.top_logprobs, top_vals, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("chunk", [3, None])
+def test_head_plain_path_in_place_leaves_inputs_alone(chunk):
+    """Without rank/entropy/top-k the log-softmax runs in place on the head's output; an
+    identity head (logits passed in as hidden) must not see its input overwritten."""
+    torch.manual_seed(2)
+    logits = torch.randn(10, 31) * 4
+    logits[3] = float("-inf")                       # a row with nothing possible
+    logits[4, 7] = 1e4                              # one huge logit: no overflow
+    kept = logits.clone()
+    targets = torch.randint(0, 31, (10,))
+    out = head_logprobs(logits, targets, lambda x: x, vocab_size=31, chunk_size=chunk)
+    assert torch.equal(logits, kept)
+    expected = torch.log_softmax(kept.double(), -1).gather(-1, targets[:, None]).squeeze(-1)
+    finite = torch.isfinite(expected)
+    # fp32 logits: a log-prob near -1e4 carries ~1e-3 of rounding, hence the relative term
+    torch.testing.assert_close(out.logprobs[finite], expected[finite], atol=1e-5, rtol=1e-7)
+    assert not finite[3] and not torch.isfinite(out.logprobs[3])
+    live = torch.arange(10) != 3
+    assert torch.equal(out.greedy[live], (kept.argmax(-1) == targets)[live])
+
+
 def test_head_in_bf16_keeps_fp32_logsumexp():
     torch.manual_seed(1)
     hidden = torch.randn(20, 8).bfloat16()

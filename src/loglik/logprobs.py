@@ -68,11 +68,21 @@ class HeadOutput:
     """Per scored token (all shape (N,)); optional fields are None unless asked for."""
 
     logprobs: torch.Tensor              # float64
-    greedy: torch.Tensor                # bool: target == argmax
+    greedy: torch.Tensor                # bool: no token has a higher logit (rank 1)
     ranks: torch.Tensor | None = None   # int64, 1 = most probable
     entropies: torch.Tensor | None = None  # float64, nats
     top_ids: torch.Tensor | None = None     # (N, k) int64
     top_logprobs: torch.Tensor | None = None  # (N, k) float64
+
+
+def _logsumexp_inplace(logits: torch.Tensor, top: torch.Tensor, *, fresh: bool) -> torch.Tensor:
+    """``logsumexp(logits, -1)`` given the row maxima, overwriting ``logits`` when it is a
+    buffer of our own (``fresh``): two passes in place instead of a new (C, V) tensor for
+    ``logits - max`` (on CPU the allocation and the extra pass cost as much as the sum)."""
+    if not fresh:
+        logits = logits.clone()
+    safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # all -inf rows
+    return safe + logits.sub_(safe.unsqueeze(-1)).exp_().sum(dim=-1).log()
 
 
 def head_logprobs(
@@ -116,10 +126,15 @@ def head_logprobs(
         logits = head(h).float()                                 # (C, V) fp32
         if transform is not None:
             logits = transform(logits)                           # (C, V)
-        lse = torch.logsumexp(logits, dim=-1)                    # (C,)
         tgt = logits.gather(-1, t.unsqueeze(-1)).squeeze(-1)     # (C,)
+        top = logits.amax(dim=-1)                                # (C,)
+        out_greedy[s:s + chunk] = (tgt >= top).cpu()
+        if out_rank is None and out_ent is None and not k:
+            lse = _logsumexp_inplace(logits, top, fresh=logits.untyped_storage().data_ptr()
+                                     != hidden.untyped_storage().data_ptr())
+        else:
+            lse = torch.logsumexp(logits, dim=-1)                # (C,)
         out_lp[s:s + chunk] = (tgt - lse).double().cpu()
-        out_greedy[s:s + chunk] = (logits.argmax(-1) == t).cpu()
         if out_rank is not None:
             out_rank[s:s + chunk] = ((logits > tgt.unsqueeze(-1)).sum(-1) + 1).cpu()
         if out_ent is not None:

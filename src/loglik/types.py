@@ -56,7 +56,8 @@ class Encoded:
 class Detail:
     """What a backend computes per response token beyond its log-prob.
 
-    ``greedy`` (is the token the argmax) is always computed; it costs one argmax per chunk.
+    ``greedy`` (no token has a strictly larger logit, i.e. rank 1) is always computed from
+    the row maxima that the log-softmax needs anyway.
     ``rank`` is 1 + the number of vocabulary entries with a strictly larger logit (no sort).
     ``entropy`` is the entropy of the next-token distribution in nats. ``top_k`` > 0 returns
     the k most probable alternatives as (token id, log-prob) pairs.
