@@ -44,10 +44,15 @@ def family(request, tokenizers, torch_threads):
     return request.param, model, tok
 
 
-def test_packed_and_shared_rows_match_alone_and_reference(family):
+@pytest.mark.parametrize("shared", ["tree", "kv"])
+def test_packed_and_shared_rows_match_alone_and_reference(family, shared, monkeypatch):
+    """Shared contexts as tree rows or by KV reuse (backends/hf_kv.py), forced either way."""
     name, model, tok = family
+    monkeypatch.setattr("loglik.backends.hf_kv.worth_it", lambda batch: shared == "kv")
     scorer = Scorer.from_hf(model, tok, batch_tokens=400)
     assert scorer.backend.packing, f"{name}: packed rows failed their self-check"
+    assert scorer.backend.kv_sharing, f"{name}: KV reuse failed its self-check"
+    assert scorer.backend.unmasked_padding, f"{name}: unmasked padding failed its self-check"
     scores = scorer.score_many(PAIRS)
     plan = scorer.last_plan
     assert plan.real_tokens < plan.request_tokens            # contexts were shared
@@ -164,6 +169,67 @@ def test_models_that_cannot_pack_fall_back_to_rows_alone(broken, sp_tokenizer, c
         ref = reference_logprob(model, scorer.encode(p, r))
         assert s.logprob == pytest.approx(ref, abs=1e-4)
         assert s.logprob == pytest.approx(math.fsum(s.token_logprobs), abs=1e-12)
+
+
+def test_kv_reuse_in_small_groups_matches_alone(sp_tokenizer, torch_threads, monkeypatch):
+    """A budget that lets only a few branches share a step still gives the same numbers,
+    and each step stays within the budget (rows x keys)."""
+    from loglik.backends import hf_kv
+
+    model = tiny_model("llama", len(sp_tokenizer), scale=10.0, seed=7)
+    scorer = Scorer.from_hf(model, sp_tokenizer, batch_tokens=90)
+    steps = []
+    real_cache_of = hf_kv._cache_of
+    monkeypatch.setattr(hf_kv, "worth_it", lambda batch: True)
+    monkeypatch.setattr(hf_kv, "_cache_of", lambda layers, rows: (
+        steps.append((len(rows), layers[0][0].shape[2])), real_cache_of(layers, rows))[1])
+    pairs = [(PROMPTS[1], r) for r in RESPONSES] + [(PROMPTS[0], r) for r in RESPONSES]
+    got = scorer.score_many(pairs)
+    alone = Scorer(scorer.backend, scorer.tokenizer, share_context=False, pack=False)
+    for (p, r), s in zip(pairs, got):
+        assert s.logprob == pytest.approx(alone.score(p, r).logprob, abs=1e-5)
+    assert len(steps) > 2 and any(rows > 1 for rows, _ in steps)
+    lengths = [len(scorer.encode(p, r).response_ids) - 1 for p, r in pairs]
+    assert all(rows == 1 or rows * (keys + max(lengths)) <= 90 for rows, keys in steps)
+
+
+def _break_kv(monkeypatch):
+    def broken(layers, rows):
+        raise RuntimeError("this cache cannot be rebuilt")
+
+    monkeypatch.setattr("loglik.backends.hf_kv._cache_of", broken)
+
+
+def test_models_that_cannot_reuse_kv_keep_tree_rows(sp_tokenizer, caplog, torch_threads,
+                                                    monkeypatch):
+    model = tiny_model("llama", len(sp_tokenizer), scale=10.0, seed=4)
+    _break_kv(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="loglik"):
+        scorer = Scorer.from_hf(model, sp_tokenizer, batch_tokens=300)
+    assert scorer.backend.packing and not scorer.backend.kv_sharing
+    assert "tree rows" in caplog.text
+    for (p, r), s in zip(PAIRS, scorer.score_many(PAIRS)):
+        assert s.logprob == pytest.approx(reference_logprob(model, scorer.encode(p, r)),
+                                          abs=1e-4)
+
+
+def test_models_that_need_the_padding_mask_keep_it(sp_tokenizer, torch_threads):
+    model = tiny_model("llama", len(sp_tokenizer), scale=10.0, seed=4)
+    body, forward = model.base_model, model.base_model.forward
+
+    def needs_mask(*args, **kwargs):
+        ids = kwargs.get("input_ids")
+        if kwargs.get("attention_mask") is None and ids is not None and ids.shape[0] > 1:
+            raise ValueError("pass an attention mask for a batch")
+        return forward(*args, **kwargs)
+
+    body.forward = needs_mask
+    scorer = Scorer.from_hf(model, sp_tokenizer, share_context=False, pack=False)
+    assert scorer.backend.fast and not scorer.backend.unmasked_padding
+    got = scorer.score_many(PAIRS)
+    for (p, r), s in zip(PAIRS, got):
+        assert s.logprob == pytest.approx(reference_logprob(model, scorer.encode(p, r)),
+                                          abs=1e-4)
 
 
 def test_bf16_packed_rows_match_bf16_alone(sp_tokenizer, torch_threads):

@@ -233,7 +233,8 @@ class Scorer:
                 check_results(batch_requests, out)
                 results_of = dict(zip(idx, out))
             else:
-                results_of = self.backend.score_packed(batch, requests, detail)
+                results_of = self.backend.score_packed(batch, requests, detail,
+                                                       batch_tokens=self.batch_tokens)
                 check_results([requests[i] for i in results_of], list(results_of.values()))
             for i, res in results_of.items():
                 results[i] = res

@@ -114,11 +114,19 @@ class HFBackend:
         self._transform = _logit_transform(self.config)
         self.dtype = next(model.parameters()).dtype
         self.fast = self._body is not None and head is not None and self._self_check()
+        # Right-padded rows need no attention mask: under a causal mask a real token never
+        # sees the padding after it, and the kernel then skips the masked-out half.
+        self.unmasked_padding = self._unmasked_padding_check()
         # Packed / shared-context rows (backends/hf_packed.py), if this model reproduces
         # scoring alone with a custom 4D mask; otherwise every request gets a row of its own.
         from .hf_packed import packing_self_check
 
         self.packing = packing_self_check(self)
+        # Shared contexts with heavy branches: the context's keys and values reused
+        # (backends/hf_kv.py) instead of one tree row, where the model allows it.
+        from .hf_kv import kv_self_check
+
+        self.kv_sharing = self.packing and kv_self_check(self)
 
     # -- forward -------------------------------------------------------------------------
     def _rows(self, requests: Sequence[Request]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,12 +140,35 @@ class HFBackend:
             mask[b, :len(s)] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _hidden(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         out = self._body(input_ids=ids, attention_mask=mask, use_cache=False)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B,T,H)
 
-    def _full_logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _full_logits(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B,T,V)
+
+    def _unmasked_padding_check(self) -> bool:
+        """Do right-padded rows forwarded without a mask give each row's own logits?
+
+        True for causal models whose positions do not depend on the mask; a model where
+        they differ (or that needs the mask) keeps the padding mask."""
+        v = self.vocab_size
+        rows = [Request(tuple(t % v for t in (3, 1, 4, 1, 5)), tuple(t % v for t in (9, 2, 6))),
+                Request(tuple(t % v for t in (2, 7)), tuple(t % v for t in (1, 8)))]
+        try:
+            with torch.inference_mode():
+                ids, mask = self._rows(rows)
+                padded = self._full_logits(ids, None).float()                 # (2, T, V)
+                for b, r in enumerate(rows):
+                    n = len(r.context_ids) + len(r.target_ids) - 1
+                    alone = self._full_logits(ids[b:b + 1, :n], mask[b:b + 1, :n]).float()
+                    diff = (padded[b, :n] - alone[0]).abs().max().item()
+                    if diff > 1e-4 * max(1.0, alone.abs().max().item()) * (
+                            1 if self.dtype == torch.float32 else 500):
+                        return False
+        except Exception:  # a model that insists on a mask keeps it
+            return False
+        return True
 
     def _self_check(self) -> bool:
         """Does body + head (+ transform) reproduce ``model(...).logits``? Log if not."""
@@ -173,16 +204,24 @@ class HFBackend:
                 results[i] = res
         return results  # type: ignore[return-value]
 
-    def score_packed(self, batch: Any, requests: Sequence[Request],
-                     detail: Detail = Detail()) -> dict[int, TokenResult]:
-        """Score a :class:`loglik.plan.PackedBatch`; ``{request index: result}``."""
+    def score_packed(self, batch: Any, requests: Sequence[Request], detail: Detail = Detail(),
+                     batch_tokens: int | None = None) -> dict[int, TokenResult]:
+        """Score a :class:`loglik.plan.PackedBatch`; ``{request index: result}``.
+
+        ``batch_tokens`` bounds each step of KV reuse (rows x keys), as it bounds a batch."""
+        from .hf_kv import score_kv, worth_it
         from .hf_packed import score_packed
 
+        if getattr(self, "kv_sharing", False) and worth_it(batch):
+            return score_kv(self, batch, requests, detail,
+                            batch_tokens=max(batch_tokens or 0, batch.padded_tokens))
         return score_packed(self, batch, requests, detail)
 
     @torch.inference_mode()
     def _score_rows(self, requests: Sequence[Request], detail: Detail) -> list[TokenResult]:
         ids, mask = self._rows(requests)
+        if getattr(self, "unmasked_padding", False):
+            mask = None
         rows, cols, targets = [], [], []
         for b, r in enumerate(requests):
             start = len(r.context_ids) - 1                 # position t predicts token t+1

@@ -16,7 +16,7 @@ a log message, so a number is never silently wrong.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -36,15 +36,21 @@ _NO_CUSTOM_MASK = ("flash_attention_2", "flash_attention_3", "flex_attention", "
 def attention_masks(config: Any, layout: Any, dtype: torch.dtype) -> Any:
     """The ``attention_mask`` argument for a packed batch: a (B, 1, T, T) additive mask, or
     ``{layer_type: mask}`` for models with sliding-window layers (Gemma 2, Qwen 2...)."""
+    return mask_for_layers(config, lambda window: allowed(layout, window), dtype)
+
+
+def mask_for_layers(config: Any, ok: Callable[[int | None], torch.Tensor],
+                    dtype: torch.dtype) -> Any:
+    """Additive (B, 1, Tq, Tk) mask(s) from ``ok(window) -> (B, Tq, Tk) bool``: one mask, or
+    ``{layer_type: mask}`` when full and sliding-window layers are mixed."""
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
     if layer_types and "sliding_attention" in layer_types:
-        masks = {"full_attention": additive_mask(allowed(layout), dtype)}
-        masks["sliding_attention"] = additive_mask(allowed(layout, window), dtype)
-        return masks
+        return {"full_attention": additive_mask(ok(None), dtype),
+                "sliding_attention": additive_mask(ok(window), dtype)}
     if layer_types is None and window and getattr(config, "use_sliding_window", True):
-        return additive_mask(allowed(layout, window), dtype)   # Mistral: every layer slides
-    return additive_mask(allowed(layout), dtype)
+        return additive_mask(ok(window), dtype)                 # Mistral: every layer slides
+    return additive_mask(ok(None), dtype)
 
 
 def _to(mask: Any, device: torch.device) -> Any:
