@@ -171,13 +171,14 @@ def stage_config(work: Path, args) -> None:
 
 def _loglik_train(work: Path, args, *, data: Path, start: str, out: str, epochs: int,
                   lr: float, warmup: float, timing: str, save_every: int = 200,
-                  info: dict | None = None) -> None:
+                  info: dict | None = None, seed: int | None = None) -> None:
     """One `loglik train` phase: WORK/start -> WORK/out, timed into WORK/timing."""
     cmd = ["loglik", "train", str(data), "--model", str(work / start), "-o", str(work / out),
            "--eval", str(HELDOUT_PAIRS), "--no-eval-train", "--epochs", str(epochs),
            "--lr", str(lr), "--batch-tokens", str(args.batch_tokens),
            "--grad-accum", str(args.grad_accum), "--warmup", str(warmup),
-           "--seed", str(args.seed), "--threads", str(args.threads), "--log-every", "10",
+           "--seed", str(args.seed if seed is None else seed), "--threads", str(args.threads),
+           "--log-every", "10",
            "--save-every", str(save_every), "--no-progress"]
     if (work / out / "checkpoints").exists():
         cmd.append("--resume")
@@ -228,9 +229,18 @@ def stage_polish(work: Path, args) -> None:
                   timing="polish_time.json")
 
 
+def stage_extend(work: Path, args) -> None:
+    """Phase 5: phase 4 again for --extend-epochs more epochs at the same rate, with a new
+    order of the data (seed + 5); the model is still underfit, and held-out matching kept
+    rising with each pass over the mixed data."""
+    _loglik_train(work, args, data=work / "train_all.jsonl", start="run4", out="run5",
+                  epochs=args.extend_epochs, lr=args.lr / 4, warmup=0.02,
+                  timing="extend_time.json", seed=args.seed + 5)
+
+
 def final_dir(work: Path) -> Path:
     """The model to evaluate and ship: the last phase that ran."""
-    for run in ("run4", "run3", "run2", "run"):
+    for run in ("run5", "run4", "run3", "run2", "run"):
         if (work / run / "model.safetensors").exists():
             return work / run
     return work / "run"
@@ -314,7 +324,8 @@ def stage_ship(work: Path, args) -> None:
 
 STAGES = {"tokenizer": stage_tokenizer, "data": stage_data, "config": stage_config,
           "baselines": stage_baselines, "train": stage_train, "finetune": stage_finetune,
-          "mix": stage_mix, "polish": stage_polish, "eval": stage_eval, "ship": stage_ship}
+          "mix": stage_mix, "polish": stage_polish, "extend": stage_extend, "eval": stage_eval,
+          "ship": stage_ship}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=4, help="phase 2 epochs over the pairs")
     p.add_argument("--mix-epochs", type=int, default=2, help="phase 3 epochs")
     p.add_argument("--polish-epochs", type=int, default=2, help="phase 4 epochs")
+    p.add_argument("--extend-epochs", type=int, default=3, help="phase 5 epochs")
     p.add_argument("--pair-repeats", type=int, default=3,
                    help="phase 3: copies of each train pair beside the documents")
     p.add_argument("--lr", type=float, default=2e-3)
