@@ -29,6 +29,8 @@ def _phases(stats: dict) -> list[tuple[str, str, str]]:
          "repeated, shuffled, continuing from phase 2", "mix_time.json", "run3"),
         ("phase 3's data again, at a quarter of phase 1's peak learning rate, continuing from "
          "phase 3", "polish_time.json", "run4"),
+        ("phase 3's data again for more epochs at the same rate, in a new order, continuing "
+         "from phase 4", "extend_time.json", "run5"),
     ]
 
 
@@ -75,8 +77,8 @@ Python standard library. It is what `loglik score`, `explain`, `compare` (and ev
 command) and `loglik.Scorer.from_pretrained()` use when no model is given. It knows Python
 source and docstrings, and little else: pass `--model` for real work.
 
-Rebuild it (offline, from the running Python; about an hour and a half on an idle 2-core
-machine, most of it phases 3 and 4):
+Rebuild it (offline, from the running Python; about two and a half hours on an idle 2-core
+machine, most of it phases 3 to 5):
 
     {REBUILD}
 
