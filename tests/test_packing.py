@@ -269,3 +269,28 @@ def test_packed_rows_apply_the_head_only_at_scored_positions(sp_tokenizer, torch
     assert any(not b.simple for b in scorer.last_plan.batches)
     assert all(len(shape) == 2 and shape[0] <= 3 for shape in calls)     # (C <= 3, H) chunks
     assert sum(shape[0] for shape in calls) == sum(s.num_tokens for s in scores)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "opt"])
+def test_kv_reuse_pads_short_branches_within_learned_positions(family, sp_tokenizer,
+                                                               torch_threads):
+    """A long context with a short branch beside a short context with a long branch: the
+    short branch's padding must not count positions past the model's table (40 here)."""
+    from loglik.backends.hf_kv import score_kv
+    from loglik.types import Detail, Request
+
+    model = tiny_model(family, len(sp_tokenizer), scale=10.0, seed=3, max_positions=40)
+    scorer = Scorer.from_hf(model, sp_tokenizer)
+    long_ctx, short_ctx = tuple(range(5, 42)), (7, 8, 9)
+    requests = [Request(long_ctx, (11, 12)), Request(long_ctx, (13, 14, 15)),
+                Request(short_ctx, tuple(range(20, 50))), Request(short_ctx, (3, 4) * 15)]
+    plan = plan_packed([r.context_ids for r in requests], [len(r.target_ids) for r in requests],
+                       batch_tokens=200)
+    got = {}
+    for batch in plan.batches:
+        got.update(score_kv(scorer.backend, batch, requests, Detail(), batch_tokens=200))
+    for i, r in enumerate(requests):
+        ids = torch.tensor([r.context_ids + r.target_ids])
+        with torch.no_grad():
+            ref = reference_logprobs(model(ids).logits, ids)[0, -len(r.target_ids):]
+        assert got[i].logprobs == pytest.approx(ref.tolist(), abs=1e-4)

@@ -152,7 +152,11 @@ def score_kv(backend: Any, batch: PackedBatch, requests: Sequence[Request], deta
         ids = torch.zeros(len(group), lb, dtype=torch.long)                 # (NB, Lb)
         for g, b in enumerate(group):
             ids[g, :b.length] = torch.tensor(requests[b.request].target_ids[:-1])
-        pos = torch.tensor([b.context for b in group]).unsqueeze(1) + torch.arange(lb)
+        # A short branch's padding keeps its last real position: counting on past it could
+        # run beyond a learned position table (GPT-2's n_positions) in a full-length group.
+        last = torch.tensor([b.context + b.length - 1 for b in group]).unsqueeze(1)
+        pos = torch.minimum(torch.tensor([b.context for b in group]).unsqueeze(1)
+                            + torch.arange(lb), last)
         mask2 = mask_for_layers(
             backend.config, lambda w, g=group, n=lb: _branch_mask(g, width, n, w), backend.dtype)
         rows = torch.tensor([b.row for b in group], device=dev)
