@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,11 +47,25 @@ def run_worker(tool: str, model: Path, workload: Path, opts: list[str], out: Pat
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
+        return {"error": failure(proc.returncode, proc.stderr or proc.stdout)}
     res = json.loads(out.read_text())
     res["wall"] = time.perf_counter() - t
     return res
+
+
+def failure(code: int, output: str) -> str:
+    """Why a worker failed: its last real message, or the signal that killed it.
+
+    Progress bars redraw with carriage returns, so only the text after the last one
+    counts; a run killed by the kernel (out of memory) leaves no traceback at all.
+    """
+    lines = [ln.rsplit("\r", 1)[-1].strip() for ln in output.splitlines()]
+    lines = [ln for ln in lines if ln and "%|" not in ln]
+    if code < 0:
+        sig = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        why = f"killed by {sig}" + (" (out of memory?)" if sig == "SIGKILL" else "")
+        return why + (f"; last message: {lines[-1]}" if lines else "")
+    return lines[-1] if lines else f"exit {code}"
 
 
 def matmul_rate(threads: int) -> float:
