@@ -96,7 +96,8 @@ def main() -> int:
     p.add_argument("out")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", default="8")
-    p.add_argument("--batch-tokens", type=int, default=8192)
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="loglik's token budget (default: the library's, 2048 on CPU)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--limit", type=int, default=None, help="score only the first N records")
     args = p.parse_args()

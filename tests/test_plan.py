@@ -97,3 +97,21 @@ def test_short_units_fill_the_gaps_left_in_earlier_batches():
     assert [[[u.members[0] for u in row] for row in b.rows] for b in batches] == [
         [[0], [1, 3]], [[2]]]
     assert sum(b.padded_tokens for b in batches) == 26      # 26 real tokens: no padding
+
+
+def test_default_batch_tokens_follow_the_device():
+    import types
+
+    import torch
+
+    from loglik import Scorer
+    from loglik.backends.fake import FakeBackend, WordTokenizer
+    from loglik.plan import default_batch_tokens
+
+    assert default_batch_tokens(types.SimpleNamespace(device=torch.device("cpu"))) == 2048
+    assert default_batch_tokens(types.SimpleNamespace(device=torch.device("cuda", 1))) == 8192
+    assert default_batch_tokens(types.SimpleNamespace(device="mps")) == 8192
+    assert default_batch_tokens(object()) == 2048
+    backend = FakeBackend(8)
+    assert Scorer(backend, WordTokenizer(["a"])).batch_tokens == 2048
+    assert Scorer(backend, WordTokenizer(["a"]), batch_tokens=300).batch_tokens == 300

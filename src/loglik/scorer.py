@@ -15,7 +15,7 @@ from typing import Any
 from .backends.base import Backend, check_results
 from .data import Fields, to_examples
 from .errors import ConfigError, LoglikError
-from .plan import plan_batches, plan_packed
+from .plan import default_batch_tokens, plan_batches, plan_packed
 from .tokenize import EncodeOptions, Encoder, as_text_tokenizer
 from .types import Detail, Encoded, Example, Request, Score, TokenResult
 
@@ -31,7 +31,8 @@ class Scorer:
         whitespace: ``"move"`` the prompt's trailing whitespace to the response, or ``"keep"``.
         truncate: ``"error"`` when an example exceeds the context, or ``"left"`` to drop
             prompt tokens from the left (the count is reported per score).
-        batch_tokens: padded tokens per forward pass.
+        batch_tokens: padded tokens per forward pass (default 2048 on CPU, 8192 on an
+            accelerator: :func:`loglik.plan.default_batch_tokens`).
         window: examples tokenized and planned together when streaming.
         share_context: requests whose contexts are the same token ids read the context once
             (a tree-shaped mask), when the backend can (``backend.packing``).
@@ -47,8 +48,10 @@ class Scorer:
 
     def __init__(self, backend: Backend, tokenizer: Any, *, bos: str = "auto",
                  score_eos: bool = False, whitespace: str = "move", truncate: str = "error",
-                 batch_tokens: int = 8192, window: int = 1024, share_context: bool = True,
-                 pack: bool = True) -> None:
+                 batch_tokens: int | None = None, window: int = 1024,
+                 share_context: bool = True, pack: bool = True) -> None:
+        if batch_tokens is None:
+            batch_tokens = default_batch_tokens(backend)
         if batch_tokens < 1 or window < 1:
             raise ConfigError("batch_tokens and window must be positive")
         self.backend = backend

@@ -20,8 +20,8 @@ def add_model_options(p: argparse.ArgumentParser, *, multiple: bool = False) -> 
                    help="allow the model's own Python code to run (off by default)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow loading pickle (.bin) weights; safetensors only by default")
-    p.add_argument("--batch-tokens", type=int, default=8192,
-                   help="padded tokens per forward pass (default 8192)")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="padded tokens per forward pass (default 2048 on CPU, 8192 on GPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice, usually all cores)")
 
