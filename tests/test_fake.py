@@ -74,3 +74,9 @@ def test_score_eos(seed_case):
     s = Scorer(backend, tok, score_eos=True).score("the", " cat sat")
     assert s.token_ids[-1] == tok.eos_token_id
     assert s.logprob == pytest.approx(-1.1 + math.log(0.5))
+
+
+def test_scorer_takes_the_default_batch_budget_unless_given():
+    backend = FakeBackend(8)            # no device: planned like a CPU backend
+    assert Scorer(backend, WordTokenizer(["a"])).batch_tokens == 2048
+    assert Scorer(backend, WordTokenizer(["a"]), batch_tokens=300).batch_tokens == 300

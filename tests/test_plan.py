@@ -1,8 +1,11 @@
 """The planner: token-budget batches, shared-context units and packed rows (pure, no torch)."""
 
+from types import SimpleNamespace
+
 import pytest
 
-from loglik.plan import Unit, group_units, pack_units, plan_batches, plan_packed
+from loglik.plan import (Unit, default_batch_tokens, group_units, pack_units, plan_batches,
+                         plan_packed)
 
 
 def test_plan_batches_by_token_budget_longest_first():
@@ -100,18 +103,12 @@ def test_short_units_fill_the_gaps_left_in_earlier_batches():
 
 
 def test_default_batch_tokens_follow_the_device():
-    import types
+    def on(device):
+        return SimpleNamespace(device=device)
 
-    import torch
-
-    from loglik import Scorer
-    from loglik.backends.fake import FakeBackend, WordTokenizer
-    from loglik.plan import default_batch_tokens
-
-    assert default_batch_tokens(types.SimpleNamespace(device=torch.device("cpu"))) == 2048
-    assert default_batch_tokens(types.SimpleNamespace(device=torch.device("cuda", 1))) == 8192
-    assert default_batch_tokens(types.SimpleNamespace(device="mps")) == 8192
+    assert default_batch_tokens(on(SimpleNamespace(type="cpu"))) == 2048    # a torch.device
+    assert default_batch_tokens(on(SimpleNamespace(type="cuda"))) == 8192
+    assert default_batch_tokens(on("cuda:1")) == 8192
+    assert default_batch_tokens(on("mps")) == 8192
+    assert default_batch_tokens(on("cpu")) == 2048
     assert default_batch_tokens(object()) == 2048
-    backend = FakeBackend(8)
-    assert Scorer(backend, WordTokenizer(["a"])).batch_tokens == 2048
-    assert Scorer(backend, WordTokenizer(["a"]), batch_tokens=300).batch_tokens == 300
