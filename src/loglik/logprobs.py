@@ -21,6 +21,17 @@ import torch
 CHUNK_BYTES = 64 * 2**20
 
 
+def chunk_rows(vocab_size: int, copies: int = 1) -> int:
+    """Rows per chunk of the output head: ``copies`` (C, V) fp32 blocks near CHUNK_BYTES."""
+    return max(16, CHUNK_BYTES // (4 * max(vocab_size, 1) * max(copies, 1)))
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """Per-sequence agreement in nats to expect between two exact paths of one model: 1e-4
+    in fp32/fp64 (shared/DESIGN.md), 5e-2 in 16-bit, where the body's rounding dominates."""
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
+
+
 def predicting_positions(context_len: int, num_targets: int, start: int = 0) -> torch.Tensor:
     """Positions (in a row starting at ``start``) whose outputs predict the targets.
 
@@ -112,7 +123,7 @@ def head_logprobs(
         rank, entropy, top_k: extra per-token statistics (see :class:`loglik.types.Detail`).
     """
     n = hidden.shape[0]
-    chunk = chunk_size or max(16, CHUNK_BYTES // (4 * max(vocab_size, 1)))
+    chunk = chunk_size or chunk_rows(vocab_size)
     out_lp = torch.empty(n, dtype=torch.float64)
     out_greedy = torch.empty(n, dtype=torch.bool)
     out_rank = torch.empty(n, dtype=torch.int64) if rank else None
