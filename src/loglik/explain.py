@@ -41,6 +41,9 @@ def _byte_decoder() -> dict[str, int]:
 
 def is_byte_level(tokenizer: Any) -> bool:
     """Does the tokenizer write bytes as GPT-2's printable stand-ins (``Ġ`` for a space)?"""
+    declared = getattr(tokenizer, "byte_level", None)     # adapters that know (GGUF)
+    if declared is not None:
+        return bool(declared)
     hf = getattr(tokenizer, "hf", tokenizer)
     backend = getattr(hf, "backend_tokenizer", None)
     return backend is not None and "ByteLevel" in repr(getattr(backend, "decoder", None))

@@ -75,7 +75,14 @@ class Scorer:
         """Load a Hugging Face causal LM (local folder or hub id; None = the default model).
 
         ``threads`` sets torch's intra-op CPU threads for the process (default: torch's own).
+        A path ending in ``.gguf`` is a llama.cpp model (:mod:`loglik.backends.llamacpp`).
         """
+        if model is not None and str(model).lower().endswith(".gguf"):
+            from .backends.llamacpp import scorer_from_gguf
+
+            return scorer_from_gguf(cls, model, dtype=dtype, device=device, revision=revision,
+                                    chunk_size=chunk_size, max_length=max_length,
+                                    threads=threads, **options)
         from .backends.hf import load_hf
         from .default_model import default_model_path
 
@@ -101,6 +108,13 @@ class Scorer:
 
         return cls(HFBackend(model, chunk_size=chunk_size, max_length=max_length), tokenizer,
                    **options)
+
+    @classmethod
+    def from_llama(cls, llama: Any, **options: Any) -> Scorer:
+        """Wrap a ``llama_cpp.Llama`` the caller already loaded (:mod:`loglik.backends.llamacpp`)."""
+        from .backends.llamacpp import scorer_from_llama
+
+        return scorer_from_llama(cls, llama, **options)
 
     # -- scoring ---------------------------------------------------------------------------
     def encode(self, prompt: str, response: str) -> Encoded:

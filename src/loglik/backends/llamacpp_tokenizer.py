@@ -1,0 +1,103 @@
+"""The GGUF file's own tokenizer, through llama.cpp, as a :class:`loglik.tokenize.TextTokenizer`.
+
+loglik's boundary, BOS and EOS rules (:mod:`loglik.tokenize`) need only ``encode_batch``
+without special tokens, ``decode``, ``convert_ids_to_tokens``, the BOS/EOS ids and whether
+the tokenizer adds BOS by itself. This adapter answers them from the vocabulary stored in the
+GGUF file (``llama_tokenize`` with ``add_special=False``), so a GGUF model is scored with
+exactly the ids llama.cpp would feed it.
+
+Special-token strings typed in user text (``<s>``, ``<|endoftext|>``) are text: they are
+tokenized as characters unless ``parse_special=True``.
+
+``decode`` joins the tokens' pieces as bytes (``llama_token_to_piece``), dropping the first
+token's leading space when the vocabulary adds a dummy prefix (SentencePiece), as the
+Hugging Face decoders do; it does not "clean up" spaces before punctuation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import Any
+
+
+class GGUFTokenizer:
+    """Tokenizes with a llama.cpp vocabulary (``llama_vocab *``).
+
+    Args:
+        llama_cpp: the imported ``llama_cpp`` module (low-level bindings).
+        vocab: the model's vocabulary pointer (``llama_model_get_vocab``).
+        space_prefix: whether the vocabulary adds a dummy space before the text.
+        byte_level: whether token strings are GPT-2's byte stand-ins (``Ġ``), i.e. a ``gpt2``
+            (BPE) vocabulary; read by :func:`loglik.explain.is_byte_level`.
+        parse_special: tokenize special-token strings in the text as the special tokens.
+        owner: any object to keep alive while this tokenizer is used (the model).
+    """
+
+    def __init__(self, llama_cpp: Any, vocab: Any, *, space_prefix: bool = False,
+                 byte_level: bool = False, parse_special: bool = False,
+                 owner: Any = None) -> None:
+        self._lib = llama_cpp
+        self._vocab = vocab
+        self._owner = owner
+        self.space_prefix = space_prefix
+        self.byte_level = byte_level
+        self.parse_special = parse_special
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        self.bos_token_id = self._token_or_none(llama_cpp.llama_vocab_bos(vocab))
+        self.eos_token_id = self._token_or_none(llama_cpp.llama_vocab_eos(vocab))
+        self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab)) and (
+            self.bos_token_id is not None)
+        self._pieces: dict[int, bytes] = {}
+        self._buffer = (llama_cpp.llama_token * 256)()
+
+    def _token_or_none(self, token: int) -> int | None:
+        return None if token is None or token < 0 or token >= self.n_vocab else int(token)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, no BOS/EOS added (``llama_tokenize``)."""
+        return [self._encode(text) for text in texts]
+
+    def _encode(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        need = len(data) + 8            # never more tokens than bytes (+ a prefix space)
+        if len(self._buffer) < need:
+            self._buffer = (self._lib.llama_token * max(need, 2 * len(self._buffer)))()
+        n = self._lib.llama_tokenize(self._vocab, data, len(data), self._buffer,
+                                     len(self._buffer), False, self.parse_special)
+        if n < 0:   # the buffer was too small after all: -n is the count needed
+            self._buffer = (self._lib.llama_token * (-n))()
+            n = self._lib.llama_tokenize(self._vocab, data, len(data), self._buffer,
+                                         len(self._buffer), False, self.parse_special)
+        if n < 0:
+            raise ValueError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+        return list(self._buffer[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes ``token`` stands for (special tokens rendered as their text)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, True)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, True)
+            cached = self._pieces[token] = buf.raw[:n]
+        return cached
+
+    def decode(self, ids: Sequence[int]) -> str:
+        data = b"".join(self.piece(int(t)) for t in ids)
+        if self.space_prefix and data.startswith(b" "):
+            data = data[1:]
+        return data.decode("utf-8", errors="replace")
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        """The vocabulary's own token strings (``▁the``, ``Ġthe``, ``<0x0A>``)."""
+        out = []
+        for t in ids:
+            text = self._lib.llama_vocab_get_text(self._vocab, int(t))
+            out.append(text.decode("utf-8", errors="replace") if text is not None else "")
+        return out
+
+    def __len__(self) -> int:
+        return self.n_vocab
