@@ -69,6 +69,27 @@ def ensure_models(cache: Path) -> dict[str, Path]:
     return out
 
 
+def ensure_gguf(model_dir: Path, dtypes: tuple[str, ...] = ("f32", "q8_0")) -> dict[str, Path]:
+    """The model written as GGUF files next to it (``model-f32.gguf``...), once.
+
+    The word-level tokenizer has no llama.cpp equivalent: the GGUF rows score the same token
+    ids through the HF tokenizer (see loglik.testing_gguf)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loglik.testing_gguf import write_gguf
+
+    out = {d: model_dir / f"model-{d}.gguf" for d in dtypes}
+    missing = [d for d, p in out.items() if not p.exists()]
+    if missing:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        for d in missing:
+            tmp = out[d].with_suffix(".tmp")
+            write_gguf(model, tok, tmp, dtype=d)
+            os.replace(tmp, out[d])
+    return out
+
+
 def _words(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(len(SPECIAL), VOCAB) for _ in range(n)]
 

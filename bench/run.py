@@ -13,6 +13,7 @@ of the machine's limit reached (bench/limits.py). Results also go to bench/resul
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from build import WORKLOADS, ensure_models, ensure_workloads  # noqa: E402
+from build import WORKLOADS, ensure_gguf, ensure_models, ensure_workloads  # noqa: E402
 from limits import workload_flops  # noqa: E402
 
 VENV_PY = HERE / ".venv" / "bin" / "python"
@@ -35,13 +36,19 @@ RUNS = {
     "lm-eval auto": ("lmeval", ["--batch", "auto"]),
     "minicons b8": ("minicons", ["--batch", "8"]),
     "loop b1": ("naive", []),
+    # GGUF files of the same weights (build.ensure_gguf), through llama.cpp
+    "loglik gguf f32": ("gguf", ["--gguf", "f32"]),
+    "loglik gguf q8_0": ("gguf", ["--gguf", "q8_0"]),
+    "echo f32": ("echo", ["--gguf", "f32"]),
+    "echo q8_0": ("echo", ["--gguf", "q8_0"]),
 }
+LOCAL_TOOLS = ("loglik", "naive", "gguf", "echo")   # run in this interpreter
 AGREE_NATS = 1e-3   # per sequence, between tools (each does its own fp32 arithmetic)
 
 
 def run_worker(tool: str, model: Path, workload: Path, opts: list[str], out: Path,
                threads: int, timeout: float) -> dict:
-    py = sys.executable if tool in ("loglik", "naive") or not VENV_PY.exists() else str(VENV_PY)
+    py = sys.executable if tool in LOCAL_TOOLS or not VENV_PY.exists() else str(VENV_PY)
     cmd = [py, str(HERE / "worker.py"), tool, str(model), str(workload), str(out),
            "--threads", str(threads), *opts]
     t = time.perf_counter()
@@ -104,8 +111,15 @@ def main() -> int:
     if not VENV_PY.exists():
         print("bench/.venv is missing: run `bash bench/setup.sh` for lm-eval and minicons; "
               "running loglik and the plain loop only", file=sys.stderr)
-        labels = [k for k in labels if RUNS[k][0] in ("loglik", "naive")]
+        labels = [k for k in labels if RUNS[k][0] in LOCAL_TOOLS]
     model32 = models["llama-58m-v32k"]
+    if any(RUNS[k][0] in ("gguf", "echo") for k in labels):
+        if importlib.util.find_spec("llama_cpp") is None:
+            print("llama-cpp-python is missing (pip install 'loglik[llamacpp]'); skipping the "
+                  "GGUF rows", file=sys.stderr)
+            labels = [k for k in labels if RUNS[k][0] not in ("gguf", "echo")]
+        else:
+            ensure_gguf(model32)
     config = json.loads((model32 / "config.json").read_text())
     report = {"quick": args.quick, "threads": args.threads, "load_before": load_avg(),
               "gflops_start": matmul_rate(args.threads), "workloads": {}}
@@ -162,12 +176,23 @@ def print_table(wname: str, fl: dict, runs: dict, gflops: float) -> None:
         diff = "-"
         if ref is not None and label != "loglik":
             d = max(abs(a - b) for a, b in zip(ref, res["logprobs"]))
-            diff = f"{d:.2e}" + ("" if d <= AGREE_NATS or "bf16" in label else " DISAGREE")
+            rounded = "bf16" in label or "q8_0" in label   # weights rounded on purpose
+            diff = f"{d:.2e}" + ("" if d <= AGREE_NATS or rounded else " DISAGREE")
         print(f"  {label:<13} {tps:>8,.0f} {ratio:>12} {res['peak_rss_mb'] / 1024:>7.2f}GB "
               f"{limit_s / res['seconds']:>8.0%} {diff:>20}")
+        if label.startswith("loglik gguf"):
+            print(f"  {'':<13} speed: {gguf_ratios(label, res, runs)}")
         if "padding_waste" in res:
             print(f"  {'':<13} padding {res['padding_waste']:.1%}, context sharing saved "
                   f"{res['sharing_saved']:.1%} of the tokens")
+
+
+def gguf_ratios(label: str, res: dict, runs: dict) -> str:
+    """A GGUF row's speed against the echo path on the same file and loglik's HF backend."""
+    dtype = label.rsplit(" ", 1)[-1]
+    parts = [f"{runs[other]['seconds'] / res['seconds']:.2f}x {other}"
+             for other in (f"echo {dtype}", "loglik") if "seconds" in runs.get(other, {})]
+    return ", ".join(parts) or "-"
 
 
 def memory_table(model: Path, workload: Path, results_dir: Path, args) -> dict:

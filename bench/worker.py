@@ -2,7 +2,9 @@
 
     python bench/worker.py TOOL MODEL_DIR WORKLOAD.json OUT.json [--threads 2] [--batch 8]
 
-TOOL: loglik, lmeval (lm-evaluation-harness HFLM; --batch 8 or auto), minicons, naive.
+TOOL: loglik, lmeval (lm-evaluation-harness HFLM; --batch 8 or auto), minicons, naive,
+gguf (loglik's llama.cpp backend on MODEL_DIR/model-{--gguf}.gguf), echo (llama-cpp-python's
+create_completion(echo=True, logprobs=1) with logits_all=True on the same file).
 The output holds per-request log-probs (nats), the scoring time (model loading excluded),
 and this process's peak RSS (model loading included).
 """
@@ -84,7 +86,47 @@ def run_naive(model, records, args):
     return out, time.perf_counter() - t, {}
 
 
-TOOLS = {"loglik": run_loglik, "lmeval": run_lmeval, "minicons": run_minicons,
+def run_gguf(model, records, args):
+    """loglik's llama.cpp backend on the model's GGUF file; token ids from the HF tokenizer."""
+    from transformers import AutoTokenizer
+
+    from loglik import Scorer
+    from loglik.backends.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend.from_file(os.path.join(model, f"model-{args.gguf}.gguf"),
+                                        threads=args.threads)
+    scorer = Scorer(backend, AutoTokenizer.from_pretrained(model),
+                    batch_tokens=args.batch_tokens)
+    pairs = [(r["prompt"], r["response"]) for r in records]
+    t = time.perf_counter()
+    scores = scorer.score_many(pairs)
+    seconds = time.perf_counter() - t
+    plan = scorer.last_plan
+    return [s.logprob for s in scores], seconds, {
+        "padding_waste": plan.padding_waste, "sharing_saved": plan.sharing_saved}
+
+
+def run_echo(model, records, args):
+    """llama-cpp-python's completion path with echo: what lm-eval's gguf model and most
+    scripts use. logits_all=True keeps n_ctx x vocab logits; token_logprobs[i] is
+    log Pr(token i | tokens < i), None for the first."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=os.path.join(model, f"model-{args.gguf}.gguf"),
+                          n_ctx=4096, n_batch=512, n_threads=args.threads,
+                          n_threads_batch=args.threads, logits_all=True, verbose=False)
+    out = []
+    t = time.perf_counter()
+    for r in records:
+        ids = r["context_ids"] + r["response_ids"]
+        res = llm.create_completion(ids, max_tokens=1, echo=True, logprobs=1, temperature=0.0)
+        lps = res["choices"][0]["logprobs"]["token_logprobs"]
+        c = len(r["context_ids"])
+        out.append(sum(lps[c:c + len(r["response_ids"])]))
+    return out, time.perf_counter() - t, {}
+
+
+TOOLS = {"loglik": run_loglik, "gguf": run_gguf, "echo": run_echo, "lmeval": run_lmeval, "minicons": run_minicons,
          "naive": run_naive}
 
 
@@ -99,6 +141,7 @@ def main() -> int:
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="loglik's token budget (default: the library's, 2048 on CPU)")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--gguf", default="f32", help="gguf/echo: which file, f32 or q8_0")
     p.add_argument("--limit", type=int, default=None, help="score only the first N records")
     args = p.parse_args()
     import torch

@@ -150,6 +150,9 @@ def _write_vocab(writer: Any, tokenizer: Any, gguf: Any) -> None:
     """The tokenizer as llama.cpp metadata: ``llama`` (SentencePiece) or ``gpt2`` (byte BPE)."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model, pre = spec["model"], spec.get("pre_tokenizer") or {}
+    if model.get("type") == "WordLevel":
+        _write_word_vocab(writer, tokenizer, gguf)
+        return
     if model.get("type") != "BPE":
         raise ValueError(f"cannot write a {model.get('type')!r} tokenizer as GGUF; a BPE "
                          "tokenizer (SentencePiece-style or byte-level) is needed")
@@ -192,4 +195,31 @@ def _write_vocab(writer: Any, tokenizer: Any, gguf: Any) -> None:
     if tokenizer.eos_token_id is not None:
         writer.add_eos_token_id(tokenizer.eos_token_id)
     writer.add_add_bos_token(bool(adds_bos and tokenizer.bos_token_id is not None))
+    writer.add_add_eos_token(False)
+
+
+def _write_word_vocab(writer: Any, tokenizer: Any, gguf: Any) -> None:
+    """A word-level vocabulary (the benchmark's), written so that llama.cpp loads the file.
+
+    llama.cpp has no word-level tokenizer: the file's ids are the HF tokenizer's, but its own
+    tokenization of text is not. Score such a file with the HF tokenizer,
+    ``Scorer(LlamaCppBackend.from_file(path), hf_tokenizer)``.
+    """
+    vocab = tokenizer.get_vocab()
+    tokens = [""] * len(vocab)
+    for text, i in vocab.items():
+        tokens[i] = text
+    special = set(tokenizer.all_special_ids)
+    T = gguf.TokenType
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_token_types([int(T.CONTROL if i in special else T.NORMAL)
+                            for i in range(len(tokens))])
+    if tokenizer.unk_token_id is not None:
+        writer.add_unk_token_id(tokenizer.unk_token_id)
+    if tokenizer.eos_token_id is not None:
+        writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)

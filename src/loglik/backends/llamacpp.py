@@ -301,11 +301,7 @@ class LlamaCppBackend:
                                                                   self.vocab_size)))
 
     def _clear_cache(self) -> None:
-        lib = self.lib
-        if hasattr(lib, "llama_memory_clear"):
-            lib.llama_memory_clear(lib.llama_get_memory(self.ctx), False)
-        else:   # llama-cpp-python before the llama_memory API
-            lib.llama_kv_self_clear(self.ctx)
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), False)
 
 
 def split_output(out: HeadOutput, lengths: Sequence[int]) -> list[TokenResult]:
