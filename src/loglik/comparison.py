@@ -148,7 +148,9 @@ def tokenizer_fingerprint(scorer: Any) -> str:
     """Equal for scorers that turn every example into the same token ids."""
     tok = scorer.tokenizer
     hf = getattr(tok, "hf", None)
-    if hf is not None and hasattr(hf, "backend_tokenizer"):
+    if callable(getattr(tok, "fingerprint", None)):   # adapters that know their vocabulary
+        body = tok.fingerprint()
+    elif hf is not None and hasattr(hf, "backend_tokenizer"):
         body = hf.backend_tokenizer.to_str()
     elif hf is not None:
         body = repr(sorted(hf.get_vocab().items()))

@@ -131,8 +131,9 @@ def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
         raise ModelLoadError(f"{path}: the GGUF metadata has no general.architecture; convert "
                              "the model again with llama.cpp's convert_hf_to_gguf.py")
     if end_of_data > size:
-        raise ModelLoadError(f"{path}: truncated GGUF file: its tensors need {end_of_data:,} "
-                             f"bytes and the file has {size:,}; download or convert it again")
+        raise ModelLoadError(f"{path}: truncated GGUF file: its tensor data ends at byte "
+                             f"{end_of_data:,} and the file has {size:,} bytes; download or "
+                             "convert it again")
     return header
 
 

@@ -17,6 +17,8 @@ Hugging Face decoders do; it does not "clean up" spaces before punctuation.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,6 +100,18 @@ class GGUFTokenizer:
             text = self._lib.llama_vocab_get_text(self._vocab, int(t))
             out.append(text.decode("utf-8", errors="replace") if text is not None else "")
         return out
+
+    def fingerprint(self) -> str:
+        """Equal for two GGUF tokenizers with the same vocabulary and rules (two quantizations
+        of one model), so ``loglik compare`` compares them token by token."""
+        h = hashlib.sha256(repr((int(self._lib.llama_vocab_type(self._vocab)), self.n_vocab,
+                                 self.bos_token_id, self.eos_token_id, self.adds_bos,
+                                 self.space_prefix, self.parse_special)).encode())
+        for t in range(self.n_vocab):
+            h.update(self._lib.llama_vocab_get_text(self._vocab, t) or b"")
+            h.update(struct.pack("<fi", self._lib.llama_vocab_get_score(self._vocab, t),
+                                 self._lib.llama_vocab_get_attr(self._vocab, t)))
+        return h.hexdigest()
 
     def __len__(self) -> int:
         return self.n_vocab

@@ -9,10 +9,10 @@ from typing import Any
 def add_model_options(p: argparse.ArgumentParser, *, multiple: bool = False) -> None:
     if multiple:
         p.add_argument("--model", action="append", default=None, metavar="PATH_OR_ID",
-                       help="model folder or Hugging Face id (repeat for several)")
+                       help="model folder, Hugging Face id or .gguf file (repeat for several)")
     else:
         p.add_argument("--model", default=None, metavar="PATH_OR_ID",
-                       help="model folder or Hugging Face id (default: the embedded model)")
+                       help="model folder, Hugging Face id or .gguf file (default: the embedded model)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, auto")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     p.add_argument("--revision", default=None, help="model revision on the hub")
@@ -23,7 +23,8 @@ def add_model_options(p: argparse.ArgumentParser, *, multiple: bool = False) -> 
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="padded tokens per forward pass (default 2048 on CPU, 8192 on GPU)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice, usually all cores)")
+                   help="CPU threads for torch, or for llama.cpp with a .gguf model "
+                   "(default: all cores)")
 
 
 def add_encode_options(p: argparse.ArgumentParser) -> None:
