@@ -13,8 +13,10 @@ tokens in the KV cache once, in the sequences of every request that follows it, 
 llama.cpp's multiple-choice mode does; many requests share one decode call (a unified KV
 cache, one sequence per request), and the cache is cleared between calls.
 
-The KV cache is kept in F32 by default (llama.cpp's default F16 cache rounds keys and values
-and moves per-sequence log-probs by ~1e-3 nats); ``kv_type="f16"`` halves its memory.
+Exact by default: the KV cache is kept in F32 and flash attention is off (llama.cpp's
+defaults, an F16 cache and flash attention on CPU, round through F16 and moved logits of the
+tiny test Llama by 4e-4 and 1.3e-3, against 1.2e-6 here); ``kv_type="f16"`` halves the
+cache's memory and ``flash_attn=True`` turns it on.
 
     >>> from loglik import Scorer
     >>> scorer = Scorer.from_pretrained("model.gguf")          # doctest: +SKIP
@@ -26,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,34 +52,35 @@ _INT32_P = ctypes.POINTER(ctypes.c_int32)
 
 
 def llama_cpp_module() -> Any:
-    """``import llama_cpp`` or a MissingExtraError naming ``pip install 'loglik[llamacpp]'``."""
-    return require("llama_cpp", extra="llamacpp", feature="scoring GGUF models")
+    """``import llama_cpp`` or a MissingExtraError naming ``pip install 'loglik[llamacpp]'``.
 
-
-class _LogCapture:
-    """Route llama.cpp's log to a list while loading (its reasons for a failed load)."""
-
-    def __init__(self, lib: Any) -> None:
-        self.lib, self.lines = lib, []
-
+    llama.cpp's own log goes to the ``loglik.backends.llamacpp`` logger (debug level), not to
+    stderr; the last lines are kept to explain a failed load."""
+    lib = require("llama_cpp", extra="llamacpp", feature="scoring GGUF models")
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is None:
         def callback(level: int, text: bytes, _user: Any) -> None:
-            self.lines.append((level, text.decode("utf-8", errors="replace")))
-
-        self._callback = lib.llama_log_callback(callback)
-
-    def __enter__(self) -> _LogCapture:
-        self.lib.llama_log_set(self._callback, ctypes.c_void_p(0))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        default = getattr(getattr(self.lib, "_logger", None), "llama_log_callback", None)
-        self.lib.llama_log_set(default, ctypes.c_void_p(0))
-        for _, line in self.lines:
+            line = text.decode("utf-8", errors="replace")
+            _LOG_LINES.append((level, line))
             log.debug("llama.cpp: %s", line.rstrip())
 
-    def reason(self) -> str:
-        errors = [t.strip() for lvl, t in self.lines if lvl in (2, 3) and t.strip()]
-        return errors[-1] if errors else "no reason given"
+        _LOG_CALLBACK = lib.llama_log_callback(callback)
+        lib.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+    return lib
+
+
+_LOG_LINES: deque[tuple[int, str]] = deque(maxlen=64)
+_LOG_CALLBACK: Any = None
+
+
+def _last_error() -> str:
+    """The first error llama.cpp logged since ``_LOG_LINES`` was cleared, without its prefix
+    (``llama_model_load: error loading model: unknown model architecture: 'x'`` ->
+    ``unknown model architecture: 'x'``)."""
+    for _, text in _LOG_LINES:
+        if "error" in text.lower():
+            return text.strip().rsplit("error loading model: ", 1)[-1]
+    return "llama.cpp gave no reason"
 
 
 class LlamaCppBackend:
@@ -92,6 +96,8 @@ class LlamaCppBackend:
             at most :data:`DEFAULT_MAX_LENGTH`); the KV cache holds this many tokens.
         threads: CPU threads for llama.cpp (default: all cores).
         kv_type: ``"f32"`` (exact, default) or ``"f16"`` keys and values in the cache.
+        flash_attn: llama.cpp's flash attention (off by default: on CPU it rounds through
+            F16 and moves logits by ~1e-3).
         chunk_size: rows of logits reduced at once (default: ~64 MiB).
         name: the file or object this came from, for messages.
     """
@@ -101,8 +107,8 @@ class LlamaCppBackend:
     device = "cpu"
 
     def __init__(self, lib: Any, model: Any, *, owner: Any = None, max_length: int | None = None,
-                 threads: int | None = None, kv_type: str = "f32", chunk_size: int | None = None,
-                 name: str = "model") -> None:
+                 threads: int | None = None, kv_type: str = "f32", flash_attn: bool = False,
+                 chunk_size: int | None = None, name: str = "model") -> None:
         if kv_type not in _KV_TYPES:
             raise ConfigError(f"kv_type must be one of {', '.join(_KV_TYPES)}, got {kv_type!r}")
         if threads is not None and threads < 1:
@@ -117,13 +123,15 @@ class LlamaCppBackend:
             raise ConfigError(f"max_length must be >= 2, got {max_length}")
         self.max_length = max_length or min(self.n_ctx_train or DEFAULT_MAX_LENGTH,
                                             DEFAULT_MAX_LENGTH)
-        self.max_sequences = min(MAX_SEQUENCES, int(lib.llama_max_parallel_sequences()))
+        # llama.cpp reserves an output row per sequence and asserts they fit in a batch
+        self.max_sequences = min(MAX_SEQUENCES, int(lib.llama_max_parallel_sequences()),
+                                 self.max_length)
         self.threads = threads or os.cpu_count() or 1
         kind = int(lib.llama_vocab_type(vocab))
         self.tokenizer = GGUFTokenizer(lib, vocab, owner=self, space_prefix=(
             kind == lib.LLAMA_VOCAB_TYPE_SPM and self._space_prefix()),
             byte_level=kind == lib.LLAMA_VOCAB_TYPE_BPE)
-        self.ctx = self._new_context(_KV_TYPES[kv_type])
+        self.ctx = self._new_context(_KV_TYPES[kv_type], flash_attn)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -136,12 +144,12 @@ class LlamaCppBackend:
         lib.llama_backend_init()
         params = lib.llama_model_default_params()
         params.n_gpu_layers = gpu_layers
-        with _LogCapture(lib) as capture:
-            model = lib.llama_model_load_from_file(path.encode("utf-8"), params)
+        _LOG_LINES.clear()
+        model = lib.llama_model_load_from_file(path.encode("utf-8"), params)
         if not model:
             raise ModelLoadError(
                 f"{path}: llama.cpp {_version(lib)} cannot load this {header.architecture!r} "
-                f"model: {capture.reason()}; check that this llama-cpp-python knows the "
+                f"model: {_last_error()}; check that this llama-cpp-python knows the "
                 "architecture (pip install -U llama-cpp-python) and that the file is complete")
         backend = cls(lib, model, name=path, **options)
         backend._owns_model = True
@@ -165,7 +173,7 @@ class LlamaCppBackend:
                                               buf, 16)
         return n < 0 or buf.value.decode().lower() != "false"   # SentencePiece default: on
 
-    def _new_context(self, kv_type: int) -> Any:
+    def _new_context(self, kv_type: int, flash_attn: bool) -> Any:
         lib = self.lib
         p = lib.llama_context_default_params()
         p.n_ctx = p.n_batch = self.max_length
@@ -173,14 +181,16 @@ class LlamaCppBackend:
         p.n_seq_max = self.max_sequences
         p.n_threads = p.n_threads_batch = self.threads
         p.type_k = p.type_v = kv_type
+        p.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                             else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         p.no_perf = True
         if hasattr(p, "kv_unified"):
             p.kv_unified = True    # one cache for all sequences: a context shared by many
-        with _LogCapture(lib) as capture:
-            ctx = lib.llama_init_from_model(self.llama_model, p)
+        _LOG_LINES.clear()
+        ctx = lib.llama_init_from_model(self.llama_model, p)
         if not ctx:
             raise ModelLoadError(f"{self.name}: llama.cpp could not make a context of "
-                                 f"{self.max_length} tokens: {capture.reason()}; pass a smaller "
+                                 f"{self.max_length} tokens: {_last_error()}; pass a smaller "
                                  "max_length")
         return ctx
 
@@ -331,7 +341,7 @@ def scorer_from_gguf(scorer_cls: Any, path: str, *, dtype: str | None = "float32
                      device: str = "cpu", revision: str | None = None,
                      chunk_size: int | None = None, max_length: int | None = None,
                      threads: int | None = None, kv_type: str = "f32",
-                     **options: Any) -> Any:
+                     flash_attn: bool = False, **options: Any) -> Any:
     """``Scorer.from_pretrained("model.gguf")``: the file's weights, tokenizer and context."""
     if dtype not in (None, "auto", "float32", "fp32"):
         raise ConfigError(f"dtype={dtype!r} does not apply to a GGUF file, whose tensors keep the "
@@ -343,14 +353,17 @@ def scorer_from_gguf(scorer_cls: Any, path: str, *, dtype: str | None = "float32
                           "offloaded, if this llama-cpp-python was built with GPU support)")
     backend = LlamaCppBackend.from_file(path, gpu_layers=0 if device == "cpu" else -1,
                                         max_length=max_length, threads=threads,
-                                        kv_type=kv_type, chunk_size=chunk_size)
+                                        kv_type=kv_type, flash_attn=flash_attn,
+                                        chunk_size=chunk_size)
     return scorer_cls(backend, backend.tokenizer, **options)
 
 
 def scorer_from_llama(scorer_cls: Any, llama: Any, *, max_length: int | None = None,
                       threads: int | None = None, kv_type: str = "f32",
-                      chunk_size: int | None = None, **options: Any) -> Any:
+                      flash_attn: bool = False, chunk_size: int | None = None,
+                      **options: Any) -> Any:
     """``Scorer.from_llama(llama_cpp.Llama(...))``."""
     kw = {k: v for k, v in dict(max_length=max_length, threads=threads).items() if v is not None}
-    backend = LlamaCppBackend.from_llama(llama, kv_type=kv_type, chunk_size=chunk_size, **kw)
+    backend = LlamaCppBackend.from_llama(llama, kv_type=kv_type, flash_attn=flash_attn,
+                                         chunk_size=chunk_size, **kw)
     return scorer_cls(backend, backend.tokenizer, **options)
