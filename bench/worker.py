@@ -108,21 +108,28 @@ def run_gguf(model, records, args):
 
 def run_echo(model, records, args):
     """llama-cpp-python's completion path with echo: what lm-eval's gguf model and most
-    scripts use. logits_all=True keeps n_ctx x vocab logits; token_logprobs[i] is
-    log Pr(token i | tokens < i), None for the first."""
+    scripts use. logits_all=True keeps n_ctx x vocab logits. It takes text only (a token-id
+    prompt fails with echo), so its tokenize is the bench's word-level tokenizer (the GGUF's
+    own vocabulary cannot split "w17 w912"). Its token_logprobs are shifted by one position
+    (llama-cpp-python #1276, #1983: entry i is log Pr(token i+1)); the response's terms are
+    entries c-1 .. c+n-2, which match loglik's numbers."""
     import llama_cpp
+    from transformers import AutoTokenizer
 
+    hf = AutoTokenizer.from_pretrained(model)
     llm = llama_cpp.Llama(model_path=os.path.join(model, f"model-{args.gguf}.gguf"),
                           n_ctx=4096, n_batch=512, n_threads=args.threads,
                           n_threads_batch=args.threads, logits_all=True, verbose=False)
+    llm.tokenize = lambda text, add_bos=True, special=False: hf(  # noqa: E731
+        text.decode("utf-8"), add_special_tokens=False)["input_ids"]
     out = []
     t = time.perf_counter()
     for r in records:
-        ids = r["context_ids"] + r["response_ids"]
-        res = llm.create_completion(ids, max_tokens=1, echo=True, logprobs=1, temperature=0.0)
+        res = llm.create_completion(r["prompt"] + r["response"], max_tokens=1, echo=True,
+                                    logprobs=1, temperature=0.0)
         lps = res["choices"][0]["logprobs"]["token_logprobs"]
-        c = len(r["context_ids"])
-        out.append(sum(lps[c:c + len(r["response_ids"])]))
+        c, n = len(r["context_ids"]), len(r["response_ids"])
+        out.append(float(sum(lps[c - 1:c - 1 + n])))
     return out, time.perf_counter() - t, {}
 
 

@@ -105,6 +105,7 @@ class LlamaCppBackend:
     capabilities = frozenset({PACKED_ROWS, SHARED_CONTEXT, DISTRIBUTIONS})
     packing = True    # read by scorers that predate ``capabilities``
     device = "cpu"
+    tolerance = 1e-4  # nats per sequence between two exact fp32 paths (shared/DESIGN.md)
 
     def __init__(self, lib: Any, model: Any, *, owner: Any = None, max_length: int | None = None,
                  threads: int | None = None, kv_type: str = "f32", flash_attn: bool = False,
