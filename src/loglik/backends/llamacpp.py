@@ -60,9 +60,12 @@ def llama_cpp_module() -> Any:
     global _LOG_CALLBACK
     if _LOG_CALLBACK is None:
         def callback(level: int, text: bytes, _user: Any) -> None:
-            line = text.decode("utf-8", errors="replace")
-            _LOG_LINES.append((level, line))
-            log.debug("llama.cpp: %s", line.rstrip())
+            try:
+                line = text.decode("utf-8", errors="replace")
+                _LOG_LINES.append((level, line))
+                log.debug("llama.cpp: %s", line.rstrip())
+            except Exception:   # at interpreter exit (a context freed late): nothing to do
+                pass
 
         _LOG_CALLBACK = lib.llama_log_callback(callback)
         lib.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
