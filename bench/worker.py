@@ -133,8 +133,8 @@ def run_echo(model, records, args):
     return out, time.perf_counter() - t, {}
 
 
-TOOLS = {"loglik": run_loglik, "gguf": run_gguf, "echo": run_echo, "lmeval": run_lmeval, "minicons": run_minicons,
-         "naive": run_naive}
+TOOLS = {"loglik": run_loglik, "gguf": run_gguf, "echo": run_echo, "lmeval": run_lmeval,
+         "minicons": run_minicons, "naive": run_naive}
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""The llama.cpp backend's pure parts, no llama.cpp needed: batch layout and the GGUF header check."""
+"""The llama.cpp backend's pure parts (no llama.cpp needed): batch layout, GGUF header check."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def test_layout_reads_a_shared_context_once_and_flags_only_predicting_positions(
     assert lay.n_seq.tolist() == [2, 2, 2, 1, 1, 1, 1]
     assert lay.seq_ids[:3].tolist() == [[0, 1]] * 3           # the context is in both sequences
     assert lay.seq_ids[3:, 0].tolist() == [0, 0, 2, 2]
-    # output rows: 0 = after 7 (predicts 1 and 4), 1 = after 1, 2 = after 2, 3 = after 9, 4 = after 8
+    # output rows: 0 = after 7 (predicts 1 and 4), 1 = after 1, 2 = after 2, 3 = after 9,
+    # 4 = after 8
     assert lay.rows.tolist() == [0, 1, 2, 0, 3, 4]
     assert lay.targets.tolist() == [1, 2, 3, 4, 8, 8]
     assert (lay.keys, lay.lengths, lay.n_outputs) == ([0, 1, 2], [3, 1, 2], 5)

@@ -102,7 +102,7 @@ def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
         raise ModelLoadError(f"GGUF file {path!r} not found; pass the path of a .gguf file")
     if os.path.isdir(path):
         raise ModelLoadError(f"{path!r} is a directory, not a .gguf file; pass the file itself "
-                             "(a model folder is loaded by giving a path that does not end in .gguf)")
+                             "(a model folder is a path that does not end in .gguf)")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         r = _Reader(f, path, size)
