@@ -124,7 +124,7 @@ def iter_text_scores(scorer: Scorer, documents: Iterable[Any], *, stride: int | 
             at += len(reqs)
             enc = Encoded((start,), tuple(ids), doc.response, "joint",
                           eos_scored=encoder.options.score_eos)
-            score = scorer._to_score(enc, merged, doc.id)
+            score = scorer.to_score(enc, merged, doc.id)
             score.extra["num_windows"] = len(reqs)
             yield score
         if len(chunk) < docs_per_chunk:

@@ -117,7 +117,7 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     """
     import torch
 
-    from .backends.hf import _context_length
+    from .backends.hf import context_length
     from .objective import collate, response_nll
     from .progress import Progress
     from .tokenize import EncodeOptions, Encoder
@@ -142,7 +142,7 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
                           revision=revision)
     encode = EncodeOptions(bos=bos, score_eos=score_eos, whitespace=whitespace,
                            truncate=truncate)
-    encoder = Encoder(tok, encode, max_length=_context_length(net.config))
+    encoder = Encoder(tok, encode, max_length=context_length(net.config))
     read = dict(text_field=text_field, fields=fields, fmt=format, block_size=block_size)
     train_set = _nonempty(load_examples(data, encoder, **read), data)
     eval_set = (_nonempty(load_examples(eval_data, encoder, **read), eval_data)
