@@ -30,9 +30,6 @@ from .errors import ConfigError, InputError
 from .tokenize import move_whitespace
 from .types import Example, Score
 
-RULES = ("sum", "per_token", "per_byte", "per_char", "mutual_info")
-
-
 @dataclass(frozen=True)
 class ChoiceFields:
     """Which record fields hold the context, the choices, the gold index and the id."""
