@@ -68,7 +68,10 @@ class HFTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self.hf(list(texts), add_special_tokens=False)["input_ids"]
+        # verbose=False: no "longer than the maximum sequence length ... indexing errors"
+        # warning. Every caller handles the length itself: the Encoder checks the model's
+        # context (error or --truncate left), longtext cuts windows, train_data cuts blocks.
+        return self.hf(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False,
