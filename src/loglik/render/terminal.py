@@ -36,12 +36,12 @@ WIDE_HINT = "--wide shows them, --json has every figure"
 
 @dataclass(frozen=True)
 class Col:
-    """One column: its header, what its cells hold and how narrow text may get."""
+    """One column: its header, what its cells hold (numbers are right-aligned, text and
+    lists left) and how narrow text may get."""
 
     name: str
     kind: Kind = "num"
     min_width: int = 8          # text and lists only: the narrowest they are cut to
-    left: bool = False          # numbers are right-aligned; text left (unless left=False given)
 
 
 @dataclass
@@ -136,7 +136,7 @@ def fit_table(columns: Sequence[Col], rows: Sequence[Sequence[Any]], *, width: i
     for i in keep:
         c = columns[i]
         table.add_column(c.name, width=widths[i], no_wrap=c.kind != "num" or None,
-                         justify="left" if c.kind != "num" or c.left else "right",
+                         justify="right" if c.kind == "num" else "left",
                          overflow="ellipsis" if c.kind != "num" else "fold")
     for r in rows:
         cells = []
@@ -162,12 +162,6 @@ def print_fitted(console: Console, fitted: Fitted) -> None:
     note = fitted.note()
     if note:
         console.print(note, style="dim", highlight=False)
-
-
-def console_for(file: Any = None) -> tuple[Console, bool]:
-    """A console on ``file`` (stdout) and whether to lay tables out wide (not a terminal)."""
-    console = Console(file=file)
-    return console, not console.is_terminal
 
 
 # -- numbers -----------------------------------------------------------------------------------
