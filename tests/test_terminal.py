@@ -7,7 +7,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 
 import pytest
 from rich.cells import cell_len
@@ -213,3 +218,31 @@ def test_progress_counts_every_example_once():
     assert sum(seen) == 2 * 400 and max(seen) <= 256 and len(seen) == 4   # 256 + 144 each
     assert c.models[0].stats.num_examples == 400
     assert c.pairs[0].diff_total == pytest.approx(100 * math.log(2))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("script"), reason="needs util-linux 'script' for a pty")
+def test_real_80_column_terminal(pairs_file, tiny_model_dir):
+    """A real terminal (a pty from `script`, 80 columns): tables fit, the bar shows."""
+    def run_in_pty(*argv):
+        cmd = "stty cols 80 rows 50; " + " ".join(shlex.quote(a) for a in
+                                                   [sys.executable, "-m", "loglik", *argv])
+        done = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True,
+                              text=True, timeout=600, env={**os.environ, "TERM": "xterm"})
+        assert done.returncode == 0, done.stdout[-2000:]
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", done.stdout)
+        return [line for line in text.replace("\r\n", "\n").split("\n")]
+
+    lines = run_in_pty("explain", "The capital of France is", " Paris. The capital of Italy",
+                       "--model", tiny_model_dir, "--top-k", "5")
+    table = [line for line in lines if line.startswith("│")]
+    assert table and max(cell_len(line) for line in lines) <= 80
+    assert len(table) == len([line for line in table if re.match(r"│ +\d+ │", line)])
+
+    lines = run_in_pty("compare", pairs_file, "--model", tiny_model_dir, "--model",
+                       tiny_model_dir, "--name", "first-checkpoint", "--name",
+                       "second-checkpoint", "--num-bootstrap", "50", "--no-token-stats")
+    text = "\n".join(lines)
+    assert "comparing" in text and "6/6" in text               # the progress bar, on a tty
+    assert "left out at this width" in text
+    assert max(cell_len(line.split("\r")[-1]) for line in lines) <= 80
