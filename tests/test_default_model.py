@@ -1,4 +1,4 @@
-"""The shipped default model: it loads fast, is exact, and has learned what it was trained on.
+"""The shipped default model: it loads, is exact, and has learned what it was trained on.
 
 A broken, truncated or untrained model fails here: the conditional-matching sample needs a
 model that reads the signature (an untrained one is near 50%), and the held-out NLL must beat
