@@ -187,3 +187,39 @@ def test_left_truncation_keeps_the_last_prompt_tokens(tiny_llama, sp_tokenizer):
     assert s.token_logprobs == pytest.approx(direct.logprobs, abs=1e-6)
     with pytest.raises(ContextLengthError, match="truncate='left'"):
         Scorer.from_hf(tiny_llama, sp_tokenizer, max_length=24).score(prompt, response)
+
+
+def test_no_indexing_errors_warning_for_a_windowed_text(tiny_llama):
+    """loglik windows a long text itself: transformers' "will result in indexing errors"
+    warning (logged once per tokenizer, with the length it saw) must not appear."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from loglik.testing import sentencepiece_tokenizer
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    tok = sentencepiece_tokenizer()                 # fresh: the warning fires once per object
+    tok.model_max_length = 32
+    scorer = Scorer.from_hf(tiny_llama, tok, max_length=32)
+    text = "The capital of France is Paris. The capital of Italy is Rome. " * 6
+    before, seen = hf_logging.get_verbosity(), Records()
+    hf_logging.set_verbosity_warning()
+    hf_logging.get_logger().addHandler(seen)       # the library's root logger "transformers"
+    try:
+        s = scorer.score_text(text)
+        windowed = [m for m in seen.messages if "indexing errors" in m]
+        tok(text)                                   # a direct call still warns: nothing global
+    finally:
+        hf_logging.get_logger().removeHandler(seen)
+        hf_logging.set_verbosity(before)
+    assert s.extra["num_windows"] > 1
+    assert windowed == []
+    assert sum("indexing errors" in m for m in seen.messages) == 1

@@ -106,6 +106,14 @@ def test_score_eos_appends_eos(sp_tokenizer):
     assert enc.response_ids[-1] == sp_tokenizer.eos_token_id and enc.eos_scored
 
 
+@pytest.mark.parametrize("whitespace", ["move", "keep"])
+def test_empty_response_stays_empty(tokenizers, whitespace):
+    for tok in tokenizers.values():
+        enc = Encoder(tok, EncodeOptions(whitespace=whitespace)).encode("x = ", "")
+        assert (enc.response_ids, enc.response_text, enc.boundary) == ((), "", "joint")
+    assert move_whitespace("x =  \n", "") == ("x =  \n", "")
+
+
 def test_whitespace_keep(bpe_tokenizer):
     enc = Encoder(bpe_tokenizer, EncodeOptions(whitespace="keep")).encode("Hello ", "world")
     assert enc.response_text == "world"

@@ -190,10 +190,6 @@ class Word:
     bow_logprob_before: float
     bow_logprob_after: float
 
-    @property
-    def surprisal_bits(self) -> float:
-        return -self.logprob / LN2
-
 
 def word_logprobs(scorer: Any, examples: Iterable[Any]) -> list[list[Word]]:
     """Per-word log-probs of each example's response, corrected and uncorrected.

@@ -1,7 +1,10 @@
 """Text to token ids, owning the BOS and prompt/response boundary rules (shared/DESIGN.md).
 
-Boundary: trailing whitespace of the prompt moves to the front of the response
-(``whitespace="move"``, the usual convention; ``"keep"`` leaves the texts alone). The prompt
+Boundary: trailing whitespace of the prompt moves to the front of a non-empty response
+(``whitespace="move"``, the usual convention; ``"keep"`` leaves the texts alone). An empty
+response stays empty whatever the policy: it scores 0.0 with 0 tokens. The scored text (the
+response after the move, ``Encoded.response_text``) is what ``Score.num_bytes`` and
+``Score.num_chars`` count: ``("The capital is ", "Paris")`` scores ``" Paris"``, 6 bytes. The prompt
 is tokenized alone and together with the response. When the prompt's tokens are a prefix of
 the joint tokens, the response tokens are the rest (``boundary="joint"``, canonical). When
 the tokenizer merged across the boundary, the context is the prompt's own tokens and the
@@ -65,7 +68,10 @@ class HFTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self.hf(list(texts), add_special_tokens=False)["input_ids"]
+        # verbose=False: no "longer than the maximum sequence length ... indexing errors"
+        # warning. Every caller handles the length itself: the Encoder checks the model's
+        # context (error or --truncate left), longtext cuts windows, train_data cuts blocks.
+        return self.hf(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False,
@@ -104,11 +110,18 @@ class EncodeOptions:
 
 
 def move_whitespace(prompt: str, response: str) -> tuple[str, str]:
-    """Move the prompt's trailing whitespace to the front of the response.
+    """Move the prompt's trailing whitespace to the front of a non-empty response.
+
+    An empty response stays empty (and the prompt keeps its whitespace): moving must never
+    turn "nothing" into a scored space.
 
     >>> move_whitespace("The capital of France is ", "Paris")
     ('The capital of France is', ' Paris')
+    >>> move_whitespace("x = ", "")
+    ('x = ', '')
     """
+    if not response:
+        return prompt, response
     stripped = prompt.rstrip()
     return stripped, prompt[len(stripped):] + response
 

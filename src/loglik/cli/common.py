@@ -45,6 +45,19 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                    help="input format (default: from the file name; '-' is JSONL)")
 
 
+def add_view_options(p: argparse.ArgumentParser, *, progress: bool = False) -> None:
+    p.add_argument("--wide", action="store_true",
+                   help="every column of the tables, however narrow the terminal (default: "
+                   "the columns that fit; files and pipes get every column)")
+    if progress:
+        add_progress_option(p)
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress on stderr (default: when stderr is a terminal)")
+
+
 def fields_from_args(args: argparse.Namespace):
     from ..data import Fields
 
