@@ -77,12 +77,13 @@ def _jsonl_records(stream: BinaryIO, source: str) -> Iterator[tuple[int, dict[st
             raise InputError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
                              f"{exc.start + 1}); re-encode the file as UTF-8",
                              source=source, line=number) from None
+        text = text.rstrip("\r\n")   # else an error at the line's end reads "line 2 column 1"
         if not text.strip():
             continue
         try:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InputError(f"malformed JSON: {exc.msg} at column {exc.colno}; each line must "
+            raise InputError(f"malformed JSON: {exc.msg} at column {exc.pos + 1}; each line must "
                              "be one JSON object", source=source, line=number) from None
         if not isinstance(record, dict):
             raise InputError(f"expected a JSON object, got {type(record).__name__}",
@@ -91,20 +92,54 @@ def _jsonl_records(stream: BinaryIO, source: str) -> Iterator[tuple[int, dict[st
 
 
 def _csv_records(stream: BinaryIO, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows as dicts keyed by the header; the line number is where the row starts.
+
+    Strict: a quote never closed (the rest of the file would be swallowed into one field), a
+    row whose cell count differs from the header's, a duplicate or empty header name are
+    errors that name the line, never rows lost or shifted in silence.
+    """
     text = io.TextIOWrapper(stream, encoding="utf-8", errors="strict", newline="")
-    reader = csv.DictReader(text)
+    reader = csv.reader(text, strict=True)
+    start = 1                              # the line the next row starts on
+    header: list[str] | None = None
     try:
-        for record in reader:
-            if None in record:
-                raise InputError(f"more cells than the {len(reader.fieldnames or [])} header "
-                                 "columns", source=source, line=reader.line_num)
-            yield reader.line_num, record
+        for row in reader:
+            line, start = start, reader.line_num + 1
+            if not row:
+                continue                   # a blank line
+            if header is None:
+                header = _csv_header(row, source, line)
+                continue
+            if len(row) != len(header):
+                raise InputError(f"{len(row)} cells but the header has {len(header)} columns "
+                                 f"({', '.join(header)}); quote cells that contain commas",
+                                 source=source, line=line)
+            yield line, dict(zip(header, row))
     except UnicodeDecodeError as exc:
         raise InputError(f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x}) near line "
                          f"{reader.line_num + 1}; re-encode the file as UTF-8",
                          source=source, line=reader.line_num + 1) from None
     except csv.Error as exc:
-        raise InputError(f"malformed CSV: {exc}", source=source, line=reader.line_num) from None
+        if "unexpected end of data" in str(exc):
+            raise InputError("a quoted cell starts on this line and its closing quote never "
+                             "comes (the file ends inside it); close the quote, or double a "
+                             'quote that is part of the text ("")',
+                             source=source, line=start) from None
+        raise InputError(f"malformed CSV: {exc}; quote cells that contain quotes and double "
+                         'the quotes inside them ("")', source=source, line=start) from None
+
+
+def _csv_header(row: list[str], source: str, line: int) -> list[str]:
+    seen: set[str] = set()
+    for n, name in enumerate(row, start=1):
+        if not name.strip():
+            raise InputError(f"header column {n} has no name; every column needs one",
+                             source=source, line=line)
+        if name in seen:
+            raise InputError(f'header names column "{name}" twice; rename one',
+                             source=source, line=line)
+        seen.add(name)
+    return row
 
 
 def _parquet_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
