@@ -133,3 +133,26 @@ def test_csv_errors_name_the_line(tmp_path, content, line, pattern):
 def test_csv_quoted_newlines_keep_the_starting_line(tmp_path):
     path = write(tmp_path, "a.csv", b'prompt,response\n\n"two\nlines",b\nc,d\n')
     assert [(e.prompt, e.line) for e in read_examples(path)] == [("two\nlines", 3), ("c", 5)]
+
+
+def test_every_reader_takes_files_folders_and_globs(tmp_path):
+    from loglik.choices import read_choice_rows
+    from loglik.data import read_documents
+
+    (tmp_path / "docs").mkdir()
+    write(tmp_path / "docs", "a.txt", b"first doc\nstill first\n\nsecond doc\n")
+    write(tmp_path / "docs", "b.jsonl", b'{"text": "third", "id": 7}\n')
+    docs = list(read_documents(str(tmp_path / "docs")))
+    assert [(d.response, d.id, d.line) for d in docs] == [
+        ("first doc\nstill first", None, 1), ("second doc", None, 4), ("third", 7, 1)]
+    assert [d.response for d in read_documents(str(tmp_path / "docs" / "*.txt"))] == [
+        "first doc\nstill first", "second doc"]
+
+    (tmp_path / "mc").mkdir()
+    for n in (1, 2):
+        write(tmp_path / "mc", f"{n}.jsonl",
+              f'{{"context": "c{n}", "choices": ["a", "b"], "gold": 0}}\n'.encode())
+    rows = list(read_choice_rows(str(tmp_path / "mc")))
+    assert [(r.context, r.source.endswith(f"{n}.jsonl")) for n, r in zip((1, 2), rows)] == [
+        ("c1", True), ("c2", True)]
+    assert len(list(read_choice_rows(str(tmp_path / "mc" / "*.jsonl")))) == 2

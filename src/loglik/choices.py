@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .data import iter_records
+from .data import read_records
 from .errors import ConfigError, InputError
 from .tokenize import move_whitespace
 from .types import Example, Score
@@ -150,9 +150,8 @@ def record_to_row(record: Mapping[str, Any], fields: ChoiceFields = ChoiceFields
 
 def read_choice_rows(path: str, fields: ChoiceFields = ChoiceFields(),
                      fmt: str | None = None) -> Iterator[ChoiceRow]:
-    """Stream the multiple-choice rows of a JSONL / Parquet file (``-``: stdin)."""
-    source = "<stdin>" if path == "-" else path
-    for line, record in iter_records(path, fmt):
+    """Stream the multiple-choice rows of JSONL / Parquet files (a file, folder, glob; ``-``)."""
+    for source, line, record in read_records(path, fmt):
         yield record_to_row(record, fields, source=source, line=line)
 
 

@@ -189,16 +189,71 @@ def record_to_example(record: Mapping[str, Any], fields: Fields = Fields(), *,
     return Example(values[0], values[1], id=record.get(fields.id), source=source, line=line)
 
 
-def read_examples(path: str, fields: Fields = Fields(), fmt: str | None = None
-                  ) -> Iterator[Example]:
-    """Stream the examples of a file, a folder or glob of shards, or ``-`` (JSONL on stdin)."""
+def read_records(path: str, fmt: str | None = None) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """``(source, line, record)`` of a file, a folder or glob of shards, or ``-`` (stdin).
+
+    The one reading layer: every reader of records (examples, documents, choice rows,
+    ``--check`` files) is built on it, so all of them accept files, folders and globs.
+    """
     for shard in expand_inputs(path):
         source = "<stdin>" if shard == "-" else shard
         for line, record in iter_records(shard, fmt):
-            yield record_to_example(record, fields, source=source, line=line)
+            yield source, line, record
 
 
-_DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".pq")
+def read_examples(path: str, fields: Fields = Fields(), fmt: str | None = None
+                  ) -> Iterator[Example]:
+    """Stream the examples of a file, a folder or glob of shards, or ``-`` (JSONL on stdin)."""
+    for source, line, record in read_records(path, fmt):
+        yield record_to_example(record, fields, source=source, line=line)
+
+
+def read_documents(path: str, *, text_field: str | None = "text", id_field: str = "id",
+                   fmt: str | None = None) -> Iterator[Example]:
+    """Stream documents as ``Example("", text)`` from a file, folder or glob.
+
+    A ``.txt`` shard (or any shard when ``text_field`` is None) is plain text whose documents
+    are separated by blank lines; record shards give one document per record, from
+    ``text_field``.
+    """
+    for shard in expand_inputs(path):
+        if text_field is None or shard.lower().endswith(".txt"):
+            yield from txt_documents(shard)
+            continue
+        source = "<stdin>" if shard == "-" else shard
+        for line, record in iter_records(shard, fmt):
+            text = string_field(record, text_field, hint="; pass --text-field NAME",
+                                source=source, line=line)
+            yield Example("", text, id=record.get(id_field), source=source, line=line)
+
+
+def txt_documents(path: str) -> Iterator[Example]:
+    """The blank-line separated documents of a plain text file (line = a document's first)."""
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("no such file", source=path) from None
+    except OSError as exc:
+        raise InputError(f"cannot open: {exc.strerror}", source=path) from None
+    lines: list[str] = []
+    start = 1
+    with handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    if not lines:
+                        start = number
+                    lines.append(line)
+                elif lines:
+                    yield Example("", "".join(lines).rstrip("\n"), source=path, line=start)
+                    lines = []
+        except UnicodeDecodeError:
+            raise InputError("not valid UTF-8; re-encode the file as UTF-8", source=path) from None
+    if lines:
+        yield Example("", "".join(lines).rstrip("\n"), source=path, line=start)
+
+
+_DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet", ".pq", ".txt")
 
 
 def expand_inputs(path: str) -> list[str]:

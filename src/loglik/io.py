@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -35,9 +36,13 @@ class JsonlWriter:
         self.done += 1
 
     def close(self) -> None:
-        if self.path is not None:
+        """Flush; fsync and close a file (a device or pipe such as /dev/null is not fsync'd).
+
+        Closing twice is harmless."""
+        if self.path is not None and not self.handle.closed:
             self.handle.flush()
-            os.fsync(self.handle.fileno())
+            if stat.S_ISREG(os.fstat(self.handle.fileno()).st_mode):
+                os.fsync(self.handle.fileno())
             self.handle.close()
 
     def __enter__(self) -> JsonlWriter:
@@ -156,7 +161,7 @@ class ParquetWriter:
         self.parts_dir = path + ".parts"
         self.done, self.last_id = 0, None
         self._buffer: list[dict[str, Any]] = []
-        self._finished = False
+        self._finished = self._closed = False
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise InputError(f"output folder {parent} does not exist", source=path)
@@ -233,7 +238,10 @@ class ParquetWriter:
         self._buffer = []
 
     def close(self) -> None:
-        """Flush, then merge the parts into ``path`` (atomic) and remove them."""
+        """Flush, then merge the parts into ``path`` (atomic) and remove them (once)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._finished and not self._buffer:
             return                                   # resumed a finished file: unchanged
         self.flush()

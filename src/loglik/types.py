@@ -130,7 +130,7 @@ class Score:
         return -self.logprob
 
     @property
-    def logprob_mean(self) -> float:
+    def logprob_per_token(self) -> float:
         """Mean log-prob per response token (nan for an empty response)."""
         return self.logprob / self.num_tokens if self.num_tokens else math.nan
 
