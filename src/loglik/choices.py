@@ -319,3 +319,51 @@ def compare_choices(scorers: Sequence[Any] | Mapping[str, Any], rows: Iterable[A
             pairs.append(pair)
     return {"models": models, "pairs": pairs, "results": results}
 
+
+
+def choose_file(data: str, output: str | None = None, *, fields: ChoiceFields = ChoiceFields(),
+                format: str | None = None, mutual_info: bool = True, neutral_prompt: str = "",
+                scorer: Any = None, scorer_options: Mapping[str, Any] | None = None
+                ) -> ChoiceResults:
+    """``loglik choose``: read every row (validated before any model loads), choose, and
+    write one JSON line per row to ``output`` (``-``: stdout; None: nowhere).
+
+    ``scorer`` is a :class:`loglik.Scorer`, or a model folder / hub id loaded with
+    ``scorer_options`` (None: the embedded default model).
+    """
+    from .io import check_output, open_jsonl_output
+
+    check_output(output)
+    rows = list(read_choice_rows(data, fields, format))
+    if scorer is None or isinstance(scorer, str):
+        from .hub import check_model_source
+        from .scorer import Scorer
+
+        options = dict(scorer_options or {})
+        check_model_source(scorer, revision=options.get("revision"))
+        scorer = Scorer.from_pretrained(scorer, **options)
+    results = choose(scorer, rows, mutual_info=mutual_info, neutral_prompt=neutral_prompt)
+    if output is not None:
+        with open_jsonl_output(output) as writer:
+            for r in results.rows:
+                writer.write(r.to_record())
+    return results
+
+
+def accuracy_table(models: list[dict[str, Any]]) -> Any:
+    """A rich table: one row per rule, one column per model, accuracy ± standard error."""
+    from rich.table import Table
+
+    rules = list(models[0]["rules"]) if models else []
+    title = f"multiple choice: {models[0]['num_rows']} rows, {models[0]['num_gold']} with gold"
+    t = Table(title=title if rules else title + " (no gold labels: no accuracies)")
+    t.add_column("rule")
+    for m in models:
+        t.add_column(m.get("name", "accuracy"), justify="right")
+    for rule in rules:
+        cells = []
+        for m in models:
+            acc, se = m["rules"][rule]["accuracy"], m["rules"][rule]["stderr"]
+            cells.append(f"{acc:.3f} ± {se:.3f}" if not math.isnan(se) else f"{acc:.3f}")
+        t.add_row(rule, *cells)
+    return t

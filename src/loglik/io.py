@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import sys
+import tempfile
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -91,6 +92,43 @@ def open_jsonl_output(path: str | None, *, resume: bool = False) -> JsonlWriter:
     if not os.path.isdir(parent):
         raise InputError(f"output folder {parent} does not exist", source=path)
     return JsonlWriter(open(path, "w", encoding="utf-8", newline="\n"), path=path)
+
+
+def check_output(path: str | None, *, resume: bool = False, what: str = "output") -> None:
+    """Fail now, in one line, if ``path`` cannot be written (nothing is created or changed).
+
+    ``None`` or ``-`` is stdout. An existing device or pipe (``/dev/null``) takes JSONL; a
+    Parquet output and ``resume`` need a regular file.
+    """
+    if path in (None, "-"):
+        if resume:
+            raise InputError("--resume needs an output file (-o FILE), not stdout")
+        return
+    assert path is not None
+    if os.path.isdir(path):
+        raise InputError(f"the {what} is a folder; pass a file name inside it", source=path)
+    if os.path.exists(path):
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+        if not regular and (resume or is_parquet_path(path)):
+            raise InputError(f"the {what} is not a regular file (a device or pipe); "
+                             f"{'--resume' if resume else 'Parquet'} needs a file",
+                             source=path)
+        if not os.access(path, os.W_OK):
+            raise InputError(f"the {what} is not writable; choose another file or change "
+                             "its permissions", source=path)
+        if not regular:
+            return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError(f"{what} folder {parent} does not exist; create it first "
+                         f"(mkdir -p {parent})", source=path)
+    try:     # root passes os.access everywhere: try to create a file where the output goes
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".loglik-probe-")
+    except OSError as exc:
+        raise InputError(f"cannot write to folder {parent} ({exc.strerror}); choose a "
+                         "writable place", source=path) from None
+    os.close(fd)
+    os.remove(probe)
 
 
 # -- Parquet -----------------------------------------------------------------------------------

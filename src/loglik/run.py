@@ -18,8 +18,6 @@ batch as in an uninterrupted run (same bits).
 from __future__ import annotations
 
 import os
-import stat
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain, islice
@@ -27,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .data import Fields, detect_format, expand_inputs, read_documents, read_examples
 from .errors import ConfigError, InputError
-from .io import is_parquet_path, open_output
+from .io import check_output, is_parquet_path, open_output
 from .types import Example, Score
 
 if TYPE_CHECKING:
@@ -80,43 +78,6 @@ def count_records(path: str, fmt: str | None = None) -> int | None:
         with open(path, "rb") as handle:
             return sum(1 for line in handle if line.strip())
     return None
-
-
-def check_output(path: str | None, *, resume: bool = False, what: str = "output") -> None:
-    """Fail now, in one line, if ``path`` cannot be written (nothing is created or changed).
-
-    ``None`` or ``-`` is stdout. An existing device or pipe (``/dev/null``) takes JSONL; a
-    Parquet output and ``resume`` need a regular file.
-    """
-    if path in (None, "-"):
-        if resume:
-            raise InputError("--resume needs an output file (-o FILE), not stdout")
-        return
-    assert path is not None
-    if os.path.isdir(path):
-        raise InputError(f"the {what} is a folder; pass a file name inside it", source=path)
-    if os.path.exists(path):
-        regular = stat.S_ISREG(os.stat(path).st_mode)
-        if not regular and (resume or is_parquet_path(path)):
-            raise InputError(f"the {what} is not a regular file (a device or pipe); "
-                             f"{'--resume' if resume else 'Parquet'} needs a file",
-                             source=path)
-        if not os.access(path, os.W_OK):
-            raise InputError(f"the {what} is not writable; choose another file or change "
-                             "its permissions", source=path)
-        if not regular:
-            return
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise InputError(f"{what} folder {parent} does not exist; create it first "
-                         f"(mkdir -p {parent})", source=path)
-    try:     # root passes os.access everywhere: try to create a file where the output goes
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".loglik-probe-")
-    except OSError as exc:
-        raise InputError(f"cannot write to folder {parent} ({exc.strerror}); choose a "
-                         "writable place", source=path) from None
-    os.close(fd)
-    os.remove(probe)
 
 
 def read_input(inputs: str, *, fields: Fields = Fields(), format: str | None = None,
@@ -187,6 +148,10 @@ def score_file(inputs: str, output: str | None = "-", *, resume: bool = False,
         window = scorer.window
     else:
         window = int((scorer_options or {}).get("window", DEFAULT_WINDOW))
+    if scorer is None or isinstance(scorer, str):   # a hub id needs the hub: say so now
+        from .hub import check_model_source
+
+        check_model_source(scorer, revision=(scorer_options or {}).get("revision"))
     run = FileRun(output)
     writer = None if output is None else open_output(output, resume=resume,
                                                      part_rows=part_rows)
@@ -271,27 +236,35 @@ def _write_scores(scorer: Scorer, examples: Iterator[Example], writer: Any, run:
         examples = report.watch(examples)
     totals = CorpusTotals() if text_field else None
     with Progress("scoring", total=total, enabled=progress) as bar:
-        bar.advance(done)
-        if text_field:
+        if text_field:     # a document is several requests: count documents
             from .longtext import iter_text_scores
 
+            bar.advance(done)
             scores = iter_text_scores(scorer, examples, stride=stride, max_length=max_length,
                                       rank=rank, entropy=entropy, top_k=top_k)
-        else:
+        else:              # a pair is one request: count them as each batch finishes
+            bar.advance(restart)
             scores = scorer.iter_scores(examples, rank=rank, entropy=entropy, top_k=top_k)
-        for seen, score in enumerate(scores, start=restart + 1):
-            if report is not None:
-                report.add(score)
-            if seen <= done:        # re-scored for its batch only: already in the output
-                continue
-            if writer is not None:
-                writer.write(score.to_record())
-            run.records_written += 1
-            if totals is not None:
-                totals.add(score)
-            if on_score is not None:
-                on_score(score)
-            bar.advance()
+        saved_hook = scorer.on_batch
+        if not text_field:
+            scorer.on_batch = bar.advance
+        try:
+            for seen, score in enumerate(scores, start=restart + 1):
+                if report is not None:
+                    report.add(score)
+                if seen <= done:   # re-scored for its batch only: already in the output
+                    continue
+                if writer is not None:
+                    writer.write(score.to_record())
+                run.records_written += 1
+                if totals is not None:
+                    totals.add(score)
+                if text_field:
+                    bar.advance()
+                if on_score is not None:
+                    on_score(score)
+        finally:
+            scorer.on_batch = saved_hook
     if report is not None:
         report.write(scorer.tokenizer, model=model_name,
                      color_by="rank" if rank else "logprob")

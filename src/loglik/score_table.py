@@ -36,18 +36,25 @@ class ScoreTable:
             self.rows.append((ident, score.logprob, score.num_tokens,
                               score.logprob_per_token, score.boundary))
 
-    def table(self) -> Any:
-        """The rich Table of the kept rows; numbers are never cut (ids are, when narrow)."""
+    def table(self, width: int = 80) -> Any:
+        """The rich Table of the kept rows for a ``width``-column console; numbers are never
+        cut (ids are, when narrow)."""
         from rich.table import Table
 
+        rows = [(ident or f"#{n}", _num(lp, 2), str(tokens), _num(per_token, 3), boundary)
+                for n, (ident, lp, tokens, per_token, boundary) in enumerate(self.rows, 1)]
+        headers = ("id", "log-prob", "tokens", "per token", "boundary")
+        widths = [max([len(name), *(len(r[i]) for r in rows)])
+                  for i, name in enumerate(headers)]
+        room = width - sum(widths[1:]) - 2 * (len(headers) - 1)   # 2 spaces between columns
         t = Table(box=None, pad_edge=False, header_style="bold")
-        t.add_column("id", overflow="ellipsis", no_wrap=True, ratio=1, min_width=2)
-        for name in ("log-prob", "tokens", "per token"):
-            t.add_column(name, justify="right", no_wrap=True)
-        t.add_column("boundary", no_wrap=True)
-        for number, (ident, logprob, tokens, per_token, boundary) in enumerate(self.rows, 1):
-            t.add_row(ident or f"#{number}", _num(logprob, 2), str(tokens), _num(per_token, 3),
-                      boundary)
+        t.add_column(headers[0], overflow="ellipsis", no_wrap=True,
+                     max_width=max(4, min(widths[0], room)))
+        for i, name in enumerate(headers[1:], start=1):   # never narrower than its widest cell
+            t.add_column(name, justify="left" if i == 4 else "right", no_wrap=True,
+                         min_width=widths[i])
+        for row in rows:
+            t.add_row(*row)
         return t
 
     def summary(self) -> str:
@@ -64,7 +71,7 @@ class ScoreTable:
 
         console = console or Console()
         if self.rows:
-            console.print(self.table())
+            console.print(self.table(console.width))
         console.print(self.summary(), highlight=False, markup=False)
 
 

@@ -450,3 +450,14 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     if not math.isnan(record.get("tokens_per_s", math.nan)):
         parts.append(f"{record['tokens_per_s']:.0f} tokens/s")
     return "  ".join(parts)
+
+
+def interrupted_message(output_dir: str) -> str:
+    """What an interrupted run left in ``output_dir``: its newest checkpoint, if any."""
+    latest = _latest_checkpoint(Path(output_dir) / "checkpoints")
+    if latest is None:
+        return (f"interrupted before the first checkpoint; {output_dir} has nothing to resume "
+                "from (checkpoints come after every epoch, or every --save-every steps): "
+                "rerun without --resume")
+    return (f"interrupted; the newest checkpoint is {latest} (after step "
+            f"{latest.name.split('-', 1)[1]}); rerun with --resume to continue from it")

@@ -102,7 +102,8 @@ class Score:
     """log Pr(response | prompt) and its per-token decomposition (natural log, nats).
 
     ``logprob`` is the fp64 sum of ``token_logprobs``. ``greedy`` is True when every
-    response token is the model's argmax. Counts refer to the scored response text.
+    response token is the model's argmax. Counts refer to the scored response text, which
+    ``"".join(token_texts)`` spells out.
     """
 
     logprob: float
@@ -120,6 +121,9 @@ class Score:
     token_entropies: list[float] | None = None
     token_top: list[list[tuple[str, float]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: each token's piece of the scored text (they concatenate to it; see
+    #: :func:`loglik.tokenize.token_texts`): readable where ``tokens`` are vocabulary strings
+    token_texts: list[str] = field(default_factory=list)
 
     @property
     def greedy(self) -> bool:
@@ -156,6 +160,7 @@ class Score:
             boundary=self.boundary,
             token_ids=self.token_ids,
             tokens=self.tokens,
+            token_texts=self.token_texts,
             token_logprobs=self.token_logprobs,
         )
         if self.truncated_tokens:

@@ -82,13 +82,14 @@ def _quiet_transformers() -> None:
     import os
     import warnings
 
+    # transformers reads these when it is imported (only once a command loads a model: its
+    # import costs seconds); the "Loading weights" bar and load reports would break the
+    # one-line contract.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", module="transformers")
-    try:   # the "Loading weights" bar and load reports would break the one-line contract
+    if "transformers" in sys.modules:       # already imported (main called from Python)
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
