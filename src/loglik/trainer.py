@@ -460,4 +460,4 @@ def interrupted_message(output_dir: str) -> str:
                 "from (checkpoints come after every epoch, or every --save-every steps): "
                 "rerun without --resume")
     return (f"interrupted; the newest checkpoint is {latest} (after step "
-            f"{latest.name.split('-', 1)[1]}); rerun with --resume to continue from it")
+            f"{int(latest.name.split('-', 1)[1])}); rerun with --resume to continue from it")
