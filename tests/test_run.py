@@ -259,3 +259,18 @@ def test_verbose_after_the_command():
     assert parser.parse_args(["score", "x.jsonl", "-v"]).verbose is True
     assert parser.parse_args(["-v", "score", "x.jsonl"]).verbose is True
     assert parser.parse_args(["score", "x.jsonl"]).verbose is False
+
+
+@pytest.mark.parametrize("window", [3, 1024])   # 3: the output ends on a window boundary
+def test_resume_of_a_finished_output_changes_nothing(tmp_path, pairs_file, llama_scorer,
+                                                     window):
+    out = tmp_path / "o.jsonl"
+    score_file(pairs_file, str(out), scorer=llama_scorer)
+    before = out.read_bytes()
+    saved, llama_scorer.window = llama_scorer.window, window
+    try:
+        run = score_file(pairs_file, str(out), scorer=llama_scorer, resume=True)
+    finally:
+        llama_scorer.window = saved
+    assert (run.records_kept, run.records_written) == (len(PAIRS), 0)
+    assert out.read_bytes() == before

@@ -160,21 +160,16 @@ def score_file(inputs: str, output: str | None = "-", *, resume: bool = False,
         last_id = writer.last_id if writer is not None else None
         examples, restart = _skip_done(examples, done, last_id, window, output)
         run.records_kept = done
-        first = next(examples, None)
-        if first is None:
-            if done:
-                raise InputError(f"the output already has {done} records and the input "
-                                 "exactly these; nothing left to score", source=output)
-            return run
-        examples = chain([first], examples)
-        model_name = scorer if isinstance(scorer, str) else None
-        scorer = _load(scorer, scorer_options)
-        run.totals = _write_scores(scorer, examples, writer, run, restart=restart, done=done,
-                                   text_field=text_field, stride=stride,
-                                   max_length=max_length, rank=rank, entropy=entropy,
-                                   top_k=top_k, html=html, progress=progress,
-                                   total=count_records(inputs, format), on_score=on_score,
-                                   model_name=model_name)
+        first = next(examples, None)   # None: an empty input, or all of it already done
+        if first is not None:
+            model_name = scorer if isinstance(scorer, str) else None
+            run.totals = _write_scores(_load(scorer, scorer_options), chain([first], examples),
+                                       writer, run, restart=restart, done=done,
+                                       text_field=text_field, stride=stride,
+                                       max_length=max_length, rank=rank, entropy=entropy,
+                                       top_k=top_k, html=html, progress=progress,
+                                       total=count_records(inputs, format), on_score=on_score,
+                                       model_name=model_name)
     except KeyboardInterrupt:
         if writer is not None:
             writer.close()
@@ -182,7 +177,7 @@ def score_file(inputs: str, output: str | None = "-", *, resume: bool = False,
     finally:
         if writer is not None:
             writer.close()
-    if run.totals is not None and run.records_kept:   # the records kept count too
+    if text_field and run.records_kept:   # the records kept count too: read the whole output
         run.totals = totals_from_output(output)   # type: ignore[arg-type]
     return run
 
