@@ -11,8 +11,8 @@ from loglik import Scorer
 from loglik.cli import main
 from loglik.errors import ConfigError, ContextLengthError
 from loglik.logprobs import reference_logprobs
-from loglik.longtext import (CorpusTotals, corpus_perplexity, iter_text_scores,
-                             window_requests)
+from loglik.longtext import corpus_perplexity, iter_text_scores, window_requests
+from loglik.metrics import CorpusTotals
 
 TEXT = ("The quick brown fox jumps over the lazy dog. The capital of France is Paris. "
         "Machine learning models compute probabilities of tokens given a context. ") * 6
@@ -138,7 +138,7 @@ def test_corpus_perplexity_and_bits_per_byte(gpt2_scorer):
     totals = CorpusTotals()
     for s in scores:
         totals.add(s.to_record())
-    assert totals.summary()["perplexity"] == pytest.approx(stats.perplexity)
+    assert totals.stats().perplexity == pytest.approx(stats.perplexity)
 
 
 def test_cli_text_field_jsonl_and_parquet(tmp_path, tiny_gpt2_dir, gpt2_scorer, capsys):
@@ -157,11 +157,11 @@ def test_cli_text_field_jsonl_and_parquet(tmp_path, tiny_gpt2_dir, gpt2_scorer, 
         s = gpt2_scorer.score_text(d["text"], stride=100)
         assert r["token_ids"] == s.token_ids and r["num_windows"] == s.extra["num_windows"]
         assert r["logprob"] == pytest.approx(s.logprob, abs=1e-4)
-    assert summary["documents"] == 3
-    assert summary["tokens"] == sum(r["num_tokens"] for r in rows)
-    assert summary["bytes"] == sum(len(d["text"].encode()) for d in docs)
+    assert summary["num_examples"] == 3
+    assert summary["num_tokens"] == sum(r["num_tokens"] for r in rows)
+    assert summary["num_bytes"] == sum(len(d["text"].encode()) for d in docs)
     assert summary["perplexity"] == pytest.approx(
-        math.exp(-math.fsum(r["logprob"] for r in rows) / summary["tokens"]))
+        math.exp(-math.fsum(r["logprob"] for r in rows) / summary["num_tokens"]))
     # a missing field names the flag
     assert main(["score", str(data), "--model", tiny_gpt2_dir, "--text-field", "body"]) == 2
     assert "--text-field" in capsys.readouterr().err

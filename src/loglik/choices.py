@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .data import iter_records
+from .data import read_records
 from .errors import ConfigError, InputError
 from .tokenize import move_whitespace
 from .types import Example, Score
@@ -147,9 +147,8 @@ def record_to_row(record: Mapping[str, Any], fields: ChoiceFields = ChoiceFields
 
 def read_choice_rows(path: str, fields: ChoiceFields = ChoiceFields(),
                      fmt: str | None = None) -> Iterator[ChoiceRow]:
-    """Stream the multiple-choice rows of a JSONL / Parquet file (``-``: stdin)."""
-    source = "<stdin>" if path == "-" else path
-    for line, record in iter_records(path, fmt):
+    """Stream the multiple-choice rows of JSONL / Parquet files (a file, folder, glob; ``-``)."""
+    for source, line, record in read_records(path, fmt):
         yield record_to_row(record, fields, source=source, line=line)
 
 
@@ -333,3 +332,36 @@ def compare_choices(scorers: Sequence[Any] | Mapping[str, Any], rows: Iterable[A
             pairs.append(pair)
     return {"models": models, "pairs": pairs, "results": results}
 
+
+
+def choose_file(data: str, output: str | None = None, *, fields: ChoiceFields = ChoiceFields(),
+                format: str | None = None, mutual_info: bool = True, neutral_prompt: str = "",
+                scorer: Any = None, scorer_options: Mapping[str, Any] | None = None,
+                progress: bool | None = None) -> ChoiceResults:
+    """``loglik choose``: read every row (validated before any model loads), choose, and
+    write one JSON line per row to ``output`` (``-``: stdout; None: nowhere).
+
+    ``scorer`` is a :class:`loglik.Scorer`, or a model folder / hub id loaded with
+    ``scorer_options`` (None: the embedded default model). ``progress``: a bar on stderr
+    (None: when stderr is a terminal).
+    """
+    from .io import check_output, open_jsonl_output
+    from .progress import Progress
+
+    check_output(output)
+    rows = list(read_choice_rows(data, fields, format))
+    if scorer is None or isinstance(scorer, str):
+        from .hub import check_model_source
+        from .scorer import Scorer
+
+        options = dict(scorer_options or {})
+        check_model_source(scorer, revision=options.get("revision"))
+        scorer = Scorer.from_pretrained(scorer, **options)
+    with Progress("choosing", total=len(rows), enabled=progress) as bar:
+        results = choose(scorer, rows, mutual_info=mutual_info, neutral_prompt=neutral_prompt,
+                         progress=bar.advance)
+    if output is not None:
+        with open_jsonl_output(output) as writer:
+            for r in results.rows:
+                writer.write(r.to_record())
+    return results

@@ -8,7 +8,7 @@ It composes the stages of shared/DESIGN.md — :mod:`loglik.data` (examples),
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -20,7 +20,7 @@ from .errors import ConfigError, LoglikError
 from .explain import explain as explain_pair
 from .longtext import score_text as score_long_text
 from .plan import default_batch_tokens, plan_batches, plan_packed
-from .tokenize import EncodeOptions, Encoder, as_text_tokenizer
+from .tokenize import EncodeOptions, Encoder, as_text_tokenizer, token_texts
 from .types import Detail, Encoded, Example, Request, Score, TokenResult
 
 
@@ -69,6 +69,8 @@ class Scorer:
         self.share_context = share_context
         self.pack = pack
         self.last_plan: Any = None   # the plan of the last run_requests (padding, sharing)
+        # called with the number of requests each finished batch answered (progress bars)
+        self.on_batch: Callable[[int], None] | None = None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -237,9 +239,19 @@ class Scorer:
             check_results(batch_requests, out)
             for i, res in zip(batch.indices, out):
                 results[i] = res
-        for i, res in enumerate(results):
-            if res is None:   # empty response: nothing to forward
-                results[i] = TokenResult.empty(detail)
+            self._batch_done(len(out))
+        return self._fill_empty(results, detail)
+
+    def _batch_done(self, n: int) -> None:
+        if self.on_batch is not None and n:
+            self.on_batch(n)
+
+    def _fill_empty(self, results: list[TokenResult | None], detail: Detail
+                    ) -> list[TokenResult]:
+        empty = [i for i, res in enumerate(results) if res is None]
+        for i in empty:   # empty response: nothing to forward
+            results[i] = TokenResult.empty(detail)
+        self._batch_done(len(empty))
         return results  # type: ignore[return-value]
 
     def _run_packed(self, requests: Sequence[Request], detail: Detail, *, share: bool,
@@ -263,10 +275,8 @@ class Scorer:
                 check_results([requests[i] for i in results_of], list(results_of.values()))
             for i, res in results_of.items():
                 results[i] = res
-        for i, res in enumerate(results):
-            if res is None:   # empty response: nothing to forward
-                results[i] = TokenResult.empty(detail)
-        return results  # type: ignore[return-value]
+            self._batch_done(len(results_of))
+        return self._fill_empty(results, detail)
 
     def to_score(self, enc: Encoded, res: TokenResult, example_id: Any = None) -> Score:
         """The :class:`Score` of an encoded example from the backend's result for it."""
@@ -282,4 +292,5 @@ class Scorer:
             num_tokens=len(ids), num_bytes=len(enc.response_text.encode("utf-8")),
             num_chars=len(enc.response_text), boundary=enc.boundary, id=example_id,
             truncated_tokens=enc.truncated_tokens, token_ranks=res.ranks,
-            token_entropies=res.entropies, token_top=top)
+            token_entropies=res.entropies, token_top=top,
+            token_texts=token_texts(self.tokenizer, enc))

@@ -105,6 +105,7 @@ class Score:
     ``whitespace="move"``), i.e. the text the scored tokens stand for. So
     ``score("The capital of France is ", "Paris")`` scores ``" Paris"`` and reports
     ``num_bytes == 6``; with ``whitespace="keep"`` it is the response as given (5).
+    ``"".join(token_texts)`` spells the scored text out.
     """
 
     logprob: float
@@ -122,6 +123,9 @@ class Score:
     token_entropies: list[float] | None = None
     token_top: list[list[tuple[str, float]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: each token's piece of the scored text (they concatenate to it; see
+    #: :func:`loglik.tokenize.token_texts`): readable where ``tokens`` are vocabulary strings
+    token_texts: list[str] = field(default_factory=list)
 
     @property
     def greedy(self) -> bool:
@@ -132,7 +136,7 @@ class Score:
         return -self.logprob
 
     @property
-    def logprob_mean(self) -> float:
+    def logprob_per_token(self) -> float:
         """Mean log-prob per response token (nan for an empty response)."""
         return self.logprob / self.num_tokens if self.num_tokens else math.nan
 
@@ -154,6 +158,7 @@ class Score:
             boundary=self.boundary,
             token_ids=self.token_ids,
             tokens=self.tokens,
+            token_texts=self.token_texts,
             token_logprobs=self.token_logprobs,
         )
         if self.truncated_tokens:

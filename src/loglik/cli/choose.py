@@ -41,24 +41,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..choices import ChoiceFields, choose, read_choice_rows
-    from ..io import open_jsonl_output
-    from ..progress import Progress
+    from ..choices import ChoiceFields, choose_file
     from ..render.terminal import print_choices
-    from .common import scorer_from_args
+    from .common import scorer_kwargs
 
-    fields = ChoiceFields(context=args.context_field, choices=args.choices_field,
-                          gold=args.gold_field, id=args.id_field)
-    rows = list(read_choice_rows(args.data, fields, args.format))
-    scorer = scorer_from_args(args)
-    with Progress("choosing", total=len(rows), enabled=args.progress) as bar:
-        results = choose(scorer, rows, mutual_info=args.mutual_info,
-                         neutral_prompt=args.neutral_prompt, progress=bar.advance)
-    if args.output is not None:
-        with open_jsonl_output(args.output) as writer:
-            for r in results.rows:
-                writer.write(r.to_record())
-    if args.output in ("-",):
+    results = choose_file(args.data, args.output,
+                          fields=ChoiceFields(context=args.context_field,
+                                              choices=args.choices_field,
+                                              gold=args.gold_field, id=args.id_field),
+                          format=args.format, mutual_info=args.mutual_info,
+                          neutral_prompt=args.neutral_prompt, scorer=args.model,
+                          scorer_options=scorer_kwargs(args), progress=args.progress)
+    if args.output == "-":
         return 0
     if args.json:
         out = results.to_dict() if args.output is None else results.summary.to_dict()
@@ -67,3 +61,4 @@ def run(args: argparse.Namespace) -> int:
         print_choices([{"name": args.model or "default model", **results.summary.to_dict()}],
                       wide=args.wide or None)
     return 0
+

@@ -73,7 +73,9 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def scorer_from_args(args: argparse.Namespace, model: str | None = None):
+    from ..hub import check_model_source
     from ..scorer import Scorer
 
-    return Scorer.from_pretrained(model if model is not None else args.model,
-                                  **scorer_kwargs(args))
+    model = model if model is not None else args.model
+    check_model_source(model, revision=args.revision)
+    return Scorer.from_pretrained(model, **scorer_kwargs(args))
