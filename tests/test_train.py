@@ -156,7 +156,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_model_dir,
 
     def poisoned(*args, **kwargs):
         loss, rows = real(*args, **kwargs)
-        calls.append(1)
+        if torch.is_grad_enabled():          # a training step, not the packing check
+            calls.append(1)
         return (loss * float("nan") if len(calls) >= 2 else loss), rows
 
     monkeypatch.setattr(objective, "response_nll", poisoned)

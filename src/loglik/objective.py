@@ -42,6 +42,7 @@ import torch
 
 from .errors import ConfigError
 from .logprobs import CHUNK_BYTES, shift
+from .train_packing import model_inputs
 
 IGNORE = -100
 Reduction = Literal["sum", "token_mean", "sequence_mean"]
@@ -82,7 +83,9 @@ def conditional_nll(model: Any, batch: dict[str, torch.Tensor], *,
 
     Args:
         model: a ``transformers`` causal LM (``AutoModelForCausalLM``).
-        batch: ``input_ids``, ``attention_mask``, ``labels`` (see :func:`collate`), (B, T).
+        batch: ``input_ids``, ``attention_mask``, ``labels`` (see :func:`collate`), (B, T);
+            or a packed batch (:func:`loglik.train_packing.collate_packed`: ``position_ids``
+            and ``sequence_ids`` instead of ``attention_mask``).
         reduction: ``"sum"``, ``"token_mean"`` or ``"sequence_mean"`` (module docstring).
         num_items_in_batch: the divisor of the means for the whole optimisation step
             (response tokens for ``token_mean``, sequences for ``sequence_mean``); default:
@@ -109,9 +112,8 @@ def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
     if reduction not in REDUCTIONS:
         raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     device = next(model.parameters()).device
-    ids = batch["input_ids"].to(device)                                   # (B, T)
-    mask = batch.get("attention_mask")
-    mask = torch.ones_like(ids) if mask is None else mask.to(device)      # (B, T)
+    inputs = model_inputs(model, batch, device)   # a packed batch brings its 4D mask
+    ids = inputs["input_ids"]                                              # (B, T)
     _, targets = shift(ids.unsqueeze(-1), batch["labels"].to(device))     # (B, T-1)
     rows, cols = (targets != IGNORE).nonzero(as_tuple=True)               # (N,), (N,)
     tgt = targets[rows, cols]                                              # (N,)
@@ -121,7 +123,7 @@ def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
     head = model.get_output_embeddings()
     transform = _logit_transform(model.config)
     if body is not None and isinstance(head, torch.nn.Linear) and transform is None:
-        out = body(input_ids=ids, attention_mask=mask, use_cache=False)
+        out = body(**inputs, use_cache=False)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         h, _ = shift(hidden, targets)                                      # (B, T-1, H)
         h = h[rows, cols]                                                  # (N, H)
@@ -132,7 +134,7 @@ def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
         loss, token_nll = FusedLinearNLL.apply(h, weight, bias, tgt, scale,
                                                _chunk(chunk_size, weight.shape[0]))
     else:   # a logit transform or an unusual head: per-token NLL from the model's logits
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B,T,V)
+        logits = model(**inputs, use_cache=False).logits                   # (B, T, V)
         lg, _ = shift(logits, targets)                                     # (B, T-1, V)
         lg = lg[rows, cols].float()                                        # (N, V)
         token_nll = torch.logsumexp(lg, -1) - lg.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)

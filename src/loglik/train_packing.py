@@ -1,0 +1,166 @@
+"""Packed training batches: several short examples per row, as the scorer packs them.
+
+A padded batch (:func:`loglik.objective.collate`) gives every example a row of its own and
+pads it to the longest. A packed batch lays examples one after the other in a row (first-fit
+decreasing into rows of ``row_tokens``), with
+
+* ``position_ids`` restarting at 0 for every example, so each sees the positions it would
+  see alone;
+* a block-diagonal causal mask (:func:`loglik.masks.allowed`: a token attends only inside its
+  own example), turned into what the model takes by the HF backend's
+  :func:`~loglik.backends.hf_packed.mask_for_layers` (one additive 4D mask, or one per layer
+  type for models that mix sliding-window and full attention);
+* ``labels`` as in the padded layout (the response tokens where they sit, -100 elsewhere).
+  The shift of :func:`loglik.logprobs.shift` crosses from one example to the next only at a
+  context token, whose label is -100, so nothing leaks between examples.
+
+Packed batch format (a padded batch plus two keys)::
+
+    input_ids     (B, T)  examples back to back, right-padded
+    labels        (B, T)  response ids where they sit, -100 elsewhere
+    position_ids  (B, T)  restart at 0 per example
+    sequence_ids  (B, T)  which example of the row (0, 1, ...), -1 = padding
+
+The objective of a packed batch equals the padded batch's, and so do its gradients (float
+tolerance; ``tests/test_objective.py``). Models that cannot take a custom 4D mask (flash
+attention, flex, some remote code) fail :func:`packing_trains` and are trained padded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+IGNORE = -100
+#: Row length packed into when the examples are shorter (attention costs O(T^2) per row).
+ROW_TOKENS = 1024
+_NO_CUSTOM_MASK = ("flash_attention_2", "flash_attention_3", "flex_attention", "paged_attention")
+
+
+def pack_rows(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
+    """First-fit decreasing: indices of ``lengths`` per row, each row at most ``row_tokens``
+    long (an item longer than that gets a row of its own).
+
+    >>> pack_rows([3, 5, 2, 4], 7)
+    [[1, 2], [3, 0]]
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
+        r = next((r for r, free in enumerate(room) if free >= n), None)
+        if r is None:
+            rows.append([i])
+            room.append(row_tokens - n)
+        else:
+            rows[r].append(i)
+            room[r] -= n
+    return rows
+
+
+def collate_packed(encoded: Sequence[Any], *, row_tokens: int = ROW_TOKENS,
+                   pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Packed training batch from :class:`~loglik.types.Encoded` records (module docstring).
+
+    Rows are at most ``max(row_tokens, longest example)`` tokens; each example reads
+    ``context_ids + response_ids``.
+
+    >>> from loglik.types import Encoded
+    >>> b = collate_packed([Encoded((1, 5), (6, 7), "", "joint"), Encoded((1,), (9,), "", "joint")])
+    >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["sequence_ids"].tolist()
+    ([[1, 5, 6, 7, 1, 9]], [[0, 1, 2, 3, 0, 1]], [[0, 0, 0, 0, 1, 1]])
+    >>> b["labels"].tolist()
+    [[-100, -100, 6, 7, -100, 9]]
+    """
+    for b, e in enumerate(encoded):
+        if not e.context_ids:
+            raise ConfigError(f"example {b} of the batch has no context token to predict its "
+                              "first response token from; encode it with loglik.tokenize.Encoder")
+    seqs = [list(e.context_ids) + list(e.response_ids) for e in encoded]
+    longest = max(len(s) for s in seqs)
+    rows = pack_rows([len(s) for s in seqs], max(row_tokens, longest))
+    width = max(sum(len(seqs[i]) for i in row) for row in rows)
+    shape = (len(rows), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)                    # (B, T)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)                 # (B, T)
+    pos = torch.zeros(shape, dtype=torch.long)                           # (B, T)
+    seq = torch.full(shape, -1, dtype=torch.long)                        # (B, T)
+    for r, row in enumerate(rows):
+        at = 0
+        for j, i in enumerate(row):
+            s, n = seqs[i], len(encoded[i].context_ids)
+            ids[r, at:at + len(s)] = torch.tensor(s)
+            labels[r, at + n:at + len(s)] = torch.tensor(s[n:], dtype=torch.long)
+            pos[r, at:at + len(s)] = torch.arange(len(s))
+            seq[r, at:at + len(s)] = j
+            at += len(s)
+    return {"input_ids": ids, "labels": labels, "position_ids": pos, "sequence_ids": seq}
+
+
+def packed_attention_mask(config: Any, sequence_ids: torch.Tensor, position_ids: torch.Tensor,
+                          dtype: torch.dtype) -> Any:
+    """The ``attention_mask`` argument of a packed batch: additive (B, 1, T, T), 0 where a
+    query may attend to a key of its own example at or before it, dtype-min elsewhere (or
+    ``{layer_type: mask}`` for models with sliding-window layers)."""
+    from .backends.hf_packed import mask_for_layers
+    from .masks import RowLayout, allowed
+
+    empty = torch.zeros(0, dtype=torch.long)
+    layout = RowLayout(input_ids=sequence_ids, position_ids=position_ids,
+                       unit_ids=sequence_ids, branch_ids=torch.full_like(sequence_ids, -1),
+                       rows=empty, cols=empty, targets=empty, order=[], lengths=[])
+    return mask_for_layers(config, lambda window: allowed(layout, window), dtype)
+
+
+def model_inputs(model: Any, batch: dict[str, torch.Tensor],
+                 device: torch.device) -> dict[str, Any]:
+    """``input_ids``, ``attention_mask`` (and ``position_ids`` when packed) on ``device``."""
+    ids = batch["input_ids"].to(device)                                  # (B, T)
+    if "sequence_ids" not in batch:
+        mask = batch.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask.to(device)  # (B, T)
+        return {"input_ids": ids, "attention_mask": mask}
+    dtype = next(model.parameters()).dtype
+    mask = packed_attention_mask(model.config, batch["sequence_ids"], batch["position_ids"],
+                                 dtype if dtype.is_floating_point else torch.float32)
+    mask = {k: v.to(device) for k, v in mask.items()} if isinstance(mask, dict) \
+        else mask.to(device)
+    return {"input_ids": ids, "attention_mask": mask,
+            "position_ids": batch["position_ids"].to(device)}
+
+
+# Probe: three examples of different lengths, packed into one row.
+_PROBE = (((0, 1, 2), (3, 4, 5, 6)), ((7,), (8, 9)), ((10, 11), (12, 13, 14)))
+
+
+def packing_trains(model: Any) -> bool:
+    """Does the packed objective of a probe equal the padded one (fp32: 1e-4 nats)?
+
+    Run once per training run, in eval mode (no dropout), without gradients; a model whose
+    attention takes no custom mask, or that raises on a 4D mask, is trained padded.
+    """
+    from .objective import collate, response_nll
+    from .types import Encoded
+
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl in _NO_CUSTOM_MASK:
+        return False
+    vocab = model.get_input_embeddings().weight.shape[0]
+    probe = [Encoded(tuple(t % vocab for t in c), tuple(t % vocab for t in y), "", "joint")
+             for c, y in _PROBE]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            padded, _ = response_nll(model, collate(probe), reduction="sum")
+            packed, _ = response_nll(model, collate_packed(probe), reduction="sum")
+    except Exception:  # a model that rejects 4D masks or position ids
+        return False
+    finally:
+        model.train(was_training)
+    tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 5e-2
+    return abs(padded.item() - packed.item()) <= tol
