@@ -71,10 +71,12 @@ class Scorer:
                         device: str = "cpu", trust_remote_code: bool = False,
                         allow_pickle: bool = False, revision: str | None = None,
                         chunk_size: int | None = None, max_length: int | None = None,
-                        threads: int | None = None, **options: Any) -> Scorer:
+                        threads: int | None = None, adapter: str | None = None,
+                        **options: Any) -> Scorer:
         """Load a Hugging Face causal LM (local folder or hub id; None = the default model).
 
         ``threads`` sets torch's intra-op CPU threads for the process (default: torch's own).
+        ``adapter``: a LoRA adapter folder (``loglik train --lora``), merged into the model.
         """
         from .backends.hf import load_hf
         from .default_model import default_model_path
@@ -90,6 +92,10 @@ class Scorer:
         hf_model, tokenizer = load_hf(model or default_model_path(), dtype=dtype, device=device,
                                       trust_remote_code=trust_remote_code,
                                       allow_pickle=allow_pickle, revision=revision)
+        if adapter is not None:
+            from .train_lora import apply_adapter
+
+            hf_model = apply_adapter(hf_model, adapter)
         return cls.from_hf(hf_model, tokenizer, chunk_size=chunk_size, max_length=max_length,
                            **options)
 
