@@ -278,3 +278,78 @@ def test_checkpoints_without_a_plan_version_resume_in_their_own_order():
     legacy = [b.indices for b in plan_batches([row_length(e) for e in encoded], 16).batches]
     random.Random(5 * 1_000_003 + 2).shuffle(legacy)
     assert plan_epoch(encoded, 16, seed=5, epoch=2, version=1) == legacy
+
+
+# -- several processes (torchrun, gloo on CPU) ----------------------------------------------
+def _torchrun(args: list[str], **popen) -> "subprocess.Popen":
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node", "2", "-m", "loglik", "train", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_and_resume_after_a_kill(tmp_path, tiny_model_dir):
+    """torchrun --nproc-per-node 2 (gloo): each optimiser step is 2 micro-batches, one per
+    process, divided by the step's response tokens over both; the weights equal one process
+    with --grad-accum 2 over the same data. Killed mid-run (SIGKILL to the whole launcher)
+    and resumed with the same line, it ends with the uninterrupted run's weights."""
+    import os
+    import signal
+    import time
+
+    data = _pairs(tmp_path / "train.jsonl", CAPITALS)     # 10 examples, 5 micro-batches
+    held = _pairs(tmp_path / "eval.jsonl", CAPITALS[:2])
+    common = ["--batch-size", "2", "--epochs", "2", "--lr", "3e-3", "--seed", "1",
+              "--threads", "1", "--no-progress", "--no-eval-train"]
+    one = loglik.train(data, model=tiny_model_dir, output_dir=str(tmp_path / "one"),
+                       batch_size=2, grad_accum=2, epochs=2, lr=3e-3, seed=1, threads=1,
+                       eval_train=False, quiet=True)
+    two = _torchrun([data, "--model", tiny_model_dir, "-o", str(tmp_path / "two"), *common])
+    output = two.communicate(timeout=300)[0]
+    assert two.returncode == 0, output
+    assert "optimiser steps" in output and "x2 process(es)" in output
+    plan = _log(tmp_path / "two")[0]
+    assert plan["kind"] == "plan" and plan["processes"] == 2 and plan["steps"] == one.steps == 6
+    w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(w1["lm_head.weight"], _weights(Path(tiny_model_dir))["lm_head.weight"])
+
+    # killed after its third checkpoint, then resumed with the same command
+    run = tmp_path / "killed"
+    args = [data, "--model", tiny_model_dir, "-o", str(run), "--save-every", "1",
+            "--eval", held, "--eval-every", "1", *common]
+    proc = _torchrun(args, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "step-00000003").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model.safetensors").exists()          # it really died mid-run
+    resumed = _torchrun([*args, "--resume"])
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    w3 = _weights(run)
+    for name in w2:
+        torch.testing.assert_close(w3[name], w2[name], rtol=0, atol=1e-7, msg=name)
+    epochs = [r["step"] for r in _epochs(run)]
+    assert epochs == [0, 3, 6]
+
+    with pytest.raises(TrainingError, match="2 process"):     # resume needs the same world size
+        loglik.train(data, model=tiny_model_dir, output_dir=str(run), resume=True,
+                     batch_size=2, epochs=2, lr=3e-3, seed=1, threads=1, eval_train=False,
+                     eval_data=held, eval_every=1, save_every=1, quiet=True)
