@@ -2,7 +2,7 @@
 
 A padded batch (:func:`loglik.objective.collate`) gives every example a row of its own and
 pads it to the longest. A packed batch lays examples one after the other in a row (first-fit
-decreasing into rows of ``row_tokens``), with
+decreasing into rows as long as the micro-batch's longest example), with
 
 * ``position_ids`` restarting at 0 for every example, so each sees the positions it would
   see alone;
@@ -36,8 +36,6 @@ import torch
 from .errors import ConfigError
 
 IGNORE = -100
-#: Row length packed into when the examples are shorter (attention costs O(T^2) per row).
-ROW_TOKENS = 1024
 _NO_CUSTOM_MASK = ("flash_attention_2", "flash_attention_3", "flex_attention", "paged_attention")
 
 
@@ -62,15 +60,18 @@ def pack_rows(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
     return rows
 
 
-def collate_packed(encoded: Sequence[Any], *, row_tokens: int = ROW_TOKENS,
+def collate_packed(encoded: Sequence[Any], *, row_tokens: int | None = None,
                    pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Packed training batch from :class:`~loglik.types.Encoded` records (module docstring).
 
-    Rows are at most ``max(row_tokens, longest example)`` tokens; each example reads
-    ``context_ids + response_ids``.
+    Rows are at most ``max(row_tokens, longest example)`` tokens (default: the longest
+    example, the scorer's rule: a row is never longer than padding would make it, and
+    attention, O(T^2) per row, costs no more); each example reads ``context_ids +
+    response_ids``.
 
     >>> from loglik.types import Encoded
-    >>> b = collate_packed([Encoded((1, 5), (6, 7), "", "joint"), Encoded((1,), (9,), "", "joint")])
+    >>> b = collate_packed([Encoded((1, 5), (6, 7), "", "joint"), Encoded((1,), (9,), "", "joint")],
+    ...                    row_tokens=8)
     >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["sequence_ids"].tolist()
     ([[1, 5, 6, 7, 1, 9]], [[0, 1, 2, 3, 0, 1]], [[0, 0, 0, 0, 1, 1]])
     >>> b["labels"].tolist()
@@ -82,7 +83,7 @@ def collate_packed(encoded: Sequence[Any], *, row_tokens: int = ROW_TOKENS,
                               "first response token from; encode it with loglik.tokenize.Encoder")
     seqs = [list(e.context_ids) + list(e.response_ids) for e in encoded]
     longest = max(len(s) for s in seqs)
-    rows = pack_rows([len(s) for s in seqs], max(row_tokens, longest))
+    rows = pack_rows([len(s) for s in seqs], max(row_tokens or 0, longest))
     width = max(sum(len(seqs[i]) for i in row) for row in rows)
     shape = (len(rows), width)
     ids = torch.full(shape, pad_id, dtype=torch.long)                    # (B, T)
