@@ -365,7 +365,7 @@ def test_packed_rows_do_not_leak_between_examples(tiny_llama):
     with torch.no_grad():
         alone = response_nll(tiny_llama, collate([a]))[0].item()
         for other in (b, b2):
-            batch = collate_packed([a, other])
+            batch = collate_packed([a, other], row_tokens=16)
             assert batch["input_ids"].shape[0] == 1
             labels = batch["labels"].clone()
             labels[batch["sequence_ids"] != 0] = -100           # score example a only
