@@ -67,7 +67,7 @@ def collate_packed(encoded: Sequence[Any], *, row_tokens: int | None = None,
     Rows are at most ``max(row_tokens, longest example)`` tokens (default: the longest
     example, the scorer's rule: a row is never longer than padding would make it, and
     attention, O(T^2) per row, costs no more); each example reads ``context_ids +
-    response_ids``.
+    response_ids``. When no two examples share a row, this is :func:`~loglik.objective.collate`.
 
     >>> from loglik.types import Encoded
     >>> b = collate_packed([Encoded((1, 5), (6, 7), "", "joint"), Encoded((1,), (9,), "", "joint")],
@@ -84,6 +84,10 @@ def collate_packed(encoded: Sequence[Any], *, row_tokens: int | None = None,
     seqs = [list(e.context_ids) + list(e.response_ids) for e in encoded]
     longest = max(len(s) for s in seqs)
     rows = pack_rows([len(s) for s in seqs], max(row_tokens or 0, longest))
+    if len(rows) == len(seqs):   # nothing shares a row: the padded batch, no 4D mask to pay
+        from .objective import collate
+
+        return collate(encoded, pad_id=pad_id)
     width = max(sum(len(seqs[i]) for i in row) for row in rows)
     shape = (len(rows), width)
     ids = torch.full(shape, pad_id, dtype=torch.long)                    # (B, T)
