@@ -471,3 +471,23 @@ def test_lora_trains_saves_the_adapter_and_scores_with_it(tmp_path, tiny_model_d
     assert total_merged == pytest.approx(total, abs=1e-3)
     with pytest.raises(ConfigError, match="go with --lora"):
         loglik.train(data, model=tiny_model_dir, output_dir=str(tmp_path / "x"), merge=True)
+
+
+def test_lora_resume_equals_uninterrupted_run(tmp_path, tiny_model_dir):
+    """A LoRA checkpoint is the adapter plus the trainer state; resuming loads the base model
+    again and the adapter from the checkpoint, and ends with the same adapter bytes."""
+    pytest.importorskip("peft")
+    data = _pairs(tmp_path / "train.jsonl", CAPITALS)
+    out = tmp_path / "run"
+    kw = dict(model=tiny_model_dir, output_dir=str(out), epochs=2, lr=1e-2, lora=4,
+              batch_size=3, save_every=1, threads=1, eval_train=False, quiet=True)
+    first = loglik.train(data, **kw)
+    adapter = (out / "adapter_model.safetensors").read_bytes()
+    ckpts = sorted((out / "checkpoints").iterdir())
+    assert (ckpts[-1] / "adapter_config.json").exists()
+    assert not (ckpts[-1] / "model.safetensors").exists()
+    shutil.rmtree(ckpts[-1])
+    (out / "adapter_model.safetensors").unlink()
+    resumed = loglik.train(data, resume=True, **kw)
+    assert resumed.steps == first.steps == 8
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter
