@@ -26,6 +26,7 @@ import math
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .data import Fields, iter_records, read_examples, string_field
 from .errors import InputError
@@ -205,3 +206,30 @@ def _consecutive(perm: Sequence[int], lengths: Sequence[int], batch_tokens: int,
 def steps_of(batches: Sequence[tuple[int, ...]], grad_accum: int) -> list[list[tuple[int, ...]]]:
     """Group batches into optimiser steps of ``grad_accum`` micro-batches (last may be short)."""
     return [list(batches[i:i + grad_accum]) for i in range(0, len(batches), grad_accum)]
+
+
+def plan_record(train_set: list[Encoded], plans: list[Any], opts: Any, *,
+                 batch_size: int, packed: bool, processes: int) -> dict[str, Any]:
+    """The run's plan as the first record of ``log.jsonl`` ("kind": "plan")."""
+    steps = sum(len(p) for p in plans)
+    tokens = sum(row_length(e) for e in train_set if e.response_ids) * opts.epochs
+    response = sum(e.num_tokens for e in train_set) * opts.epochs
+    return {"kind": "plan", "examples": len(train_set), "epochs": opts.epochs,
+            "steps": steps, "steps_per_epoch": [len(p) for p in plans],
+            "tokens_per_step": tokens / steps if steps else 0.0,
+            "response_tokens_per_step": response / steps if steps else 0.0,
+            "batch_size": batch_size, "batch_tokens": opts.batch_tokens,
+            "grad_accum": opts.grad_accum, "processes": processes, "packed": packed}
+
+
+def plan_line(r: dict[str, Any]) -> str:
+    """The plan as the line printed at the start of a run."""
+    per_epoch = r["steps_per_epoch"]
+    span = (f"{per_epoch[0]}" if len(set(per_epoch)) == 1
+            else f"{min(per_epoch)}-{max(per_epoch)}")
+    return (f"{r['examples']} examples: {r['steps']} optimiser steps ({span} per epoch x "
+            f"{r['epochs']}), ~{r['tokens_per_step']:.0f} tokens "
+            f"({r['response_tokens_per_step']:.0f} response tokens) per step; micro-batches of "
+            f"at most {r['batch_size']} examples and {r['batch_tokens']} tokens, "
+            f"{'packed rows' if r['packed'] else 'padded rows'}, x{r['grad_accum']} "
+            f"accumulation x{r['processes']} process(es)")

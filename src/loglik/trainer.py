@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from .data import Fields
-from .errors import ConfigError, InputError, ModelLoadError, TrainingError
+from .errors import ConfigError, InputError, TrainingError
 from .train_checkpoint import (STATE_FILE, check_resume, check_steps, latest_checkpoint,
                                open_log, read_log, save_checkpoint)
+from .train_model import load_model
 from .types import Encoded
 
 #: Fewer optimiser steps than this in a whole run draw a warning: the model barely moves.
@@ -143,7 +143,8 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     from .objective import response_nll
     from .progress import Progress
     from .tokenize import EncodeOptions, Encoder
-    from .train_data import PLAN_VERSION, auto_batch_size, load_examples, plan_epoch, steps_of
+    from .train_data import (PLAN_VERSION, auto_batch_size, load_examples, plan_epoch,
+                             plan_line, plan_record, row_length, steps_of)
     from .train_dist import (barrier, broadcast_weights, init_processes, rng_states, shutdown,
                              sum_floats, sum_gradients)
     from .train_lora import add_lora, resume_lora, save_lora, trainable_model
@@ -205,10 +206,10 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     total_steps = epoch_starts[-1]
     if state is not None:
         check_steps(state, total_steps, last)
-    plan_record = _plan_record(train_set, plans, opts, batch_size=batch_size, packed=packed,
-                               processes=procs.world)
+    plan = plan_record(train_set, plans, opts, batch_size=batch_size, packed=packed,
+                       processes=procs.world)
     if state is None:
-        say(_plan_line(plan_record))
+        say(plan_line(plan))
         if total_steps < FEW_STEPS:
             say(f"warning: only {total_steps} optimiser steps in all, too few for the model to "
                 "learn much; pass a smaller --batch-size or --batch-tokens, or more --epochs")
@@ -236,7 +237,7 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     if procs.main:
         log = open_log(out / "log.jsonl", keep_lines=log_lines if state is not None else 0)
         if state is None:
-            log.write(json.dumps(plan_record) + "\n")
+            log.write(json.dumps(plan) + "\n")
     result = TrainResult(str(out), packed=packed)
     result.epochs = [r for r in read_log(out / "log.jsonl") if r.get("kind") == "epoch"]
 
@@ -306,7 +307,7 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
                         break
                     loss.backward()
                     step_nll += loss.item()
-                    step_tokens += sum(_row_length(e) for e in examples)
+                    step_tokens += sum(row_length(e) for e in examples)
                 step_nll, step_tokens, failed = sum_floats(
                     [step_nll, step_tokens, float(bad is not None)], procs, device)
                 if failed:
@@ -364,35 +365,6 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     return result
 
 
-def _row_length(e: Encoded) -> int:
-    return len(e.context_ids) + len(e.response_ids)
-
-
-def _plan_record(train_set: list[Encoded], plans: list[Any], opts: TrainOptions, *,
-                 batch_size: int, packed: bool, processes: int) -> dict[str, Any]:
-    steps = sum(len(p) for p in plans)
-    tokens = sum(_row_length(e) for e in train_set if e.response_ids) * opts.epochs
-    response = sum(e.num_tokens for e in train_set) * opts.epochs
-    return {"kind": "plan", "examples": len(train_set), "epochs": opts.epochs,
-            "steps": steps, "steps_per_epoch": [len(p) for p in plans],
-            "tokens_per_step": tokens / steps if steps else 0.0,
-            "response_tokens_per_step": response / steps if steps else 0.0,
-            "batch_size": batch_size, "batch_tokens": opts.batch_tokens,
-            "grad_accum": opts.grad_accum, "processes": processes, "packed": packed}
-
-
-def _plan_line(r: dict[str, Any]) -> str:
-    per_epoch = r["steps_per_epoch"]
-    span = (f"{per_epoch[0]}" if len(set(per_epoch)) == 1
-            else f"{min(per_epoch)}-{max(per_epoch)}")
-    return (f"{r['examples']} examples: {r['steps']} optimiser steps ({span} per epoch x "
-            f"{r['epochs']}), ~{r['tokens_per_step']:.0f} tokens "
-            f"({r['response_tokens_per_step']:.0f} response tokens) per step; micro-batches of "
-            f"at most {r['batch_size']} examples and {r['batch_tokens']} tokens, "
-            f"{'packed rows' if r['packed'] else 'padded rows'}, x{r['grad_accum']} "
-            f"accumulation x{r['processes']} process(es)")
-
-
 # ---------------------------------------------------------------------------------------
 def lr_factor(step: int, warmup: float, total: int, min_ratio: float) -> float:
     """Linear warmup from 0 to 1 over ``warmup`` steps, then cosine down to ``min_ratio``.
@@ -421,59 +393,6 @@ def evaluate(model: Any, tokenizer: Any, encoded: list[Encoded], encode: Any,
     mean = logprob / tokens if tokens else math.nan
     return {"logprob": logprob, "num_examples": len(scores), "num_tokens": tokens,
             "logprob_mean": mean, "perplexity": math.exp(-mean) if tokens else math.nan}
-
-
-def load_model(model: Any, *, tokenizer: Any = None, device: str = "cpu",
-               trust_remote_code: bool = False, allow_pickle: bool = False,
-               revision: str | None = None) -> tuple[Any, Any]:
-    """A trainable fp32 model and its tokenizer, from a folder/id, a config, or objects."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from .backends.hf import load_hf
-
-    tok = tokenizer
-    if tok is not None and isinstance(tok, (str, os.PathLike)):
-        try:
-            tok = AutoTokenizer.from_pretrained(str(tok), trust_remote_code=trust_remote_code)
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load the tokenizer {tokenizer!r}: {exc}") from exc
-    if not isinstance(model, (str, os.PathLike)):
-        if tok is None:
-            raise ConfigError("a model object needs its tokenizer: pass tokenizer=...")
-        return model.to(device), tok
-    path = Path(os.path.expanduser(str(model)))
-    if _is_config(path):
-        config_file = path if path.is_file() else path / "config.json"
-        if tok is None:
-            if not (config_file.parent / "tokenizer_config.json").exists():
-                raise ConfigError(f"{model} is a model config with no tokenizer beside it; "
-                                  "pass --tokenizer PATH (a tokenizer folder)")
-            tok = AutoTokenizer.from_pretrained(str(config_file.parent))
-        try:
-            config = AutoConfig.from_pretrained(str(config_file))
-            net = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-        except Exception as exc:
-            raise ModelLoadError(f"cannot build a causal LM from the config {config_file}: "
-                                 f"{exc}") from exc
-        vocab = net.get_input_embeddings().weight.shape[0]
-        if len(tok) > vocab:
-            raise ConfigError(f"the tokenizer has {len(tok)} tokens but the config's "
-                              f"vocab_size is {vocab}; set vocab_size >= {len(tok)} in "
-                              f"{config_file}")
-        return net.to(device), tok
-    net, loaded_tok = load_hf(str(model), dtype="float32", device=device,
-                              trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                              revision=revision)
-    return net, tok if tok is not None else loaded_tok
-
-
-def _is_config(path: Path) -> bool:
-    if path.is_file():
-        return path.suffix == ".json"
-    if not (path / "config.json").exists():
-        return False
-    weights = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt")]
-    return not weights
 
 
 def _nonempty(encoded: list[Encoded], path: str) -> list[Encoded]:
