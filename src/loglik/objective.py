@@ -13,6 +13,10 @@ Batch format (the Hugging Face convention, so it plugs into ``transformers.Train
     labels          (B, T)  the response tokens where they sit, -100 elsewhere
                             (context, BOS, padding); position t predicts labels[t+1]
 
+A packed batch (:func:`loglik.train_packing.collate_packed`: several examples per row,
+``position_ids`` restarting per example and ``sequence_ids`` for the block-diagonal mask)
+gives the same loss and gradients as the padded one.
+
 Reductions (``reduction=``):
 
 * ``"sum"``: the summed NLL of every response token, in nats.
