@@ -78,14 +78,16 @@ class Scorer:
                         device: str = "cpu", trust_remote_code: bool = False,
                         allow_pickle: bool = False, revision: str | None = None,
                         chunk_size: int | None = None, max_length: int | None = None,
-                        threads: int | None = None, bos: str = "auto", score_eos: bool = False,
-                        whitespace: str = "move", truncate: str = "error",
-                        batch_tokens: int | None = None, window: int = 1024,
-                        share_context: bool = True, pack: bool = True) -> Scorer:
+                        threads: int | None = None, adapter: str | None = None,
+                        bos: str = "auto", score_eos: bool = False, whitespace: str = "move",
+                        truncate: str = "error", batch_tokens: int | None = None,
+                        window: int = 1024, share_context: bool = True, pack: bool = True
+                        ) -> Scorer:
         """Load a Hugging Face causal LM (local folder or hub id; None = the default model).
 
-        ``threads`` sets torch's intra-op CPU threads for the process (default: torch's own);
-        the options after it are the :class:`Scorer`'s.
+        ``threads`` sets torch's intra-op CPU threads for the process (default: torch's own).
+        ``adapter``: a LoRA adapter folder (``loglik train --lora``), merged into the model.
+        The options after it are the :class:`Scorer`'s.
         """
         from .backends.hf import HFBackend, load_hf, verdicts   # torch: only when loading
 
@@ -101,8 +103,12 @@ class Scorer:
         hf_model, tokenizer = load_hf(name, dtype=dtype, device=device,
                                       trust_remote_code=trust_remote_code,
                                       allow_pickle=allow_pickle, revision=revision)
+        if adapter is not None:
+            from .train_lora import apply_adapter
+
+            hf_model = apply_adapter(hf_model, adapter)
         # The load-time self-checks' verdicts are remembered per model folder (and code).
-        key = verdicts.folder_key(name, dtype=dtype, device=device)
+        key = verdicts.folder_key(name, dtype=dtype, device=device) if adapter is None else None
         known = verdicts.load(key)
         backend = HFBackend(hf_model, chunk_size=chunk_size, max_length=max_length,
                             verdicts=known)

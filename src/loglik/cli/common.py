@@ -13,6 +13,9 @@ def add_model_options(p: argparse.ArgumentParser, *, multiple: bool = False) -> 
     else:
         p.add_argument("--model", default=None, metavar="PATH_OR_ID",
                        help="model folder or Hugging Face id (default: the embedded model)")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter folder ('loglik train --lora' output) applied to "
+                   "--model (its base model)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, auto")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     p.add_argument("--revision", default=None, help="model revision on the hub")
@@ -69,7 +72,7 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
                 batch_tokens=args.batch_tokens, bos=args.bos, score_eos=args.score_eos,
                 whitespace=args.whitespace, truncate=args.truncate,
-                threads=getattr(args, "threads", None))
+                threads=getattr(args, "threads", None), adapter=getattr(args, "adapter", None))
 
 
 def scorer_from_args(args: argparse.Namespace, model: str | None = None):

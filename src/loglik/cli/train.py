@@ -36,7 +36,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
     p.add_argument("--batch-tokens", type=int, default=8192,
                    help="padded tokens per micro-batch (default 8192)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="examples per micro-batch (default: max(8, N / (100 x grad-accum x "
+                   "processes)) for N training examples, so an epoch has about 100 optimiser "
+                   "steps, or as many as the data allow with 8 examples per micro-batch; "
+                   "--batch-tokens caps it too, whichever is smaller). The plan is printed "
+                   "at the start, with a warning under 20 steps")
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
+                   help="put several examples in one row (block-diagonal mask, positions "
+                   "restarting per example) instead of padding each to the longest; models "
+                   "that cannot take that mask are trained padded (default: yes)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
+    p.add_argument("--lora", type=int, default=0, metavar="R",
+                   help="train rank-R LoRA adapters (peft: pip install 'loglik[lora]') instead "
+                   "of every weight; OUT_DIR gets the adapter, scored with 'loglik score "
+                   "--model BASE --adapter OUT_DIR'")
+    p.add_argument("--lora-alpha", type=float, default=None,
+                   help="LoRA scale numerator, alpha / R (default 2 x R)")
+    p.add_argument("--lora-targets", default=None, metavar="NAMES",
+                   help="comma-separated module names to adapt, e.g. q_proj,v_proj (default: "
+                   "all-linear, every linear layer but the output head)")
+    p.add_argument("--merge", action="store_true",
+                   help="with --lora: write the merged model to OUT_DIR (the adapter to "
+                   "OUT_DIR/adapter)")
     p.add_argument("--warmup", type=float, default=0.05,
                    help="warmup: a fraction of all steps (< 1) or a number of steps")
     p.add_argument("--min-lr-ratio", type=float, default=0.1,
@@ -103,7 +125,9 @@ def _train(train, args: argparse.Namespace, fields):
         resume=args.resume, device=args.device, threads=args.threads,
         trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
         revision=args.revision, progress=args.progress, epochs=args.epochs, lr=args.lr,
-        batch_tokens=args.batch_tokens, grad_accum=args.grad_accum, warmup=args.warmup,
+        batch_tokens=args.batch_tokens, batch_size=args.batch_size, pack=args.pack,
+        lora=args.lora, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
+        merge=args.merge, grad_accum=args.grad_accum, warmup=args.warmup,
         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, clip=args.clip,
         seed=args.seed, precision=args.precision, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,

@@ -31,7 +31,7 @@ from .rows import apply_head, score_rows
 log = logging.getLogger(__name__)
 
 # Attention kernels that cannot take an arbitrary additive 4D mask.
-_NO_CUSTOM_MASK = ("flash_attention_2", "flash_attention_3", "flex_attention", "paged_attention")
+NO_CUSTOM_MASK = ("flash_attention_2", "flash_attention_3", "flex_attention", "paged_attention")
 
 
 def attention_masks(config: Any, layout: Any, dtype: torch.dtype) -> Any:
@@ -90,7 +90,7 @@ _PROBE = ((0, 1, 2, 3, 4), (5, 6, 7)), ((0, 1, 2, 3, 4), (6, 5, 4, 3)), ((7, 3),
 def packing_self_check(model: ModelAdapter) -> bool:
     """Does a packed, shared-context forward reproduce scoring each request alone?"""
     impl = getattr(model.config, "_attn_implementation", None)
-    if impl in _NO_CUSTOM_MASK:
+    if impl in NO_CUSTOM_MASK:
         log.info("%s uses %s attention, which takes no custom mask: scoring requests one "
                  "row each (no packing or context sharing)", type(model.model).__name__, impl)
         return False
