@@ -23,12 +23,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .data import read_records
 from .errors import ConfigError, InputError
 from .tokenize import move_whitespace
 from .types import Example, Score
+
+if TYPE_CHECKING:
+    from .scorer import Scorer
+
 
 @dataclass(frozen=True)
 class ChoiceFields:
@@ -210,7 +214,7 @@ def summarize(results: Sequence[ChoiceResult]) -> ChoiceSummary:
 
 
 # -- scoring -----------------------------------------------------------------------------------
-def _score_rows(scorer: Any, rows: Sequence[ChoiceRow]) -> list[list[Score]]:
+def _score_rows(scorer: Scorer, rows: Sequence[ChoiceRow]) -> list[list[Score]]:
     """Every choice of every row in one ``score_many`` call.
 
     The scorer reads a context shared by several choices once (``share_context``, what
@@ -227,7 +231,7 @@ def _score_rows(scorer: Any, rows: Sequence[ChoiceRow]) -> list[list[Score]]:
     return out
 
 
-def _neutral_scores(scorer: Any, rows: Sequence[ChoiceRow], neutral_prompt: str,
+def _neutral_scores(scorer: Scorer, rows: Sequence[ChoiceRow], neutral_prompt: str,
                     by_text: dict[str, float] | None = None) -> list[list[float]]:
     """log Pr(choice | neutral prompt), each distinct choice text scored once.
 
@@ -248,7 +252,7 @@ def _neutral_scores(scorer: Any, rows: Sequence[ChoiceRow], neutral_prompt: str,
 STEP = 64
 
 
-def choose(scorer: Any, rows: Iterable[Any], *, fields: ChoiceFields = ChoiceFields(),
+def choose(scorer: Scorer, rows: Iterable[Any], *, fields: ChoiceFields = ChoiceFields(),
            mutual_info: bool = True, neutral_prompt: str = "",
            progress: Callable[[int], None] | None = None) -> ChoiceResults:
     """Score every choice of every row and pick one under each rule.
@@ -336,7 +340,7 @@ def compare_choices(scorers: Sequence[Any] | Mapping[str, Any], rows: Iterable[A
 
 def choose_file(data: str, output: str | None = None, *, fields: ChoiceFields = ChoiceFields(),
                 format: str | None = None, mutual_info: bool = True, neutral_prompt: str = "",
-                scorer: Any = None, scorer_options: Mapping[str, Any] | None = None,
+                scorer: Scorer | str | None = None, scorer_options: Mapping[str, Any] | None = None,
                 progress: bool | None = None) -> ChoiceResults:
     """``loglik choose``: read every row (validated before any model loads), choose, and
     write one JSON line per row to ``output`` (``-``: stdout; None: nowhere).

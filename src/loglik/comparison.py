@@ -21,7 +21,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,10 @@ from .data import Fields, to_examples
 from .errors import ConfigError
 from .metrics import CorpusStats, corpus_stats
 from .types import Detail, Example, Request, Score
+
+if TYPE_CHECKING:
+    from .scorer import Scorer
+
 
 KL_PERCENTILES = (50, 90, 99, 99.9)
 #: examples scored per step: the unit of ``progress`` (each step is planned on its own)
@@ -146,7 +150,7 @@ class Comparison:
 
 
 # -- tokenizer identity ------------------------------------------------------------------------
-def tokenizer_fingerprint(scorer: Any) -> str:
+def tokenizer_fingerprint(scorer: Scorer) -> str:
     """Equal for scorers that turn every example into the same token ids."""
     tok = scorer.tokenizer
     hf = getattr(tok, "hf", None)
@@ -307,7 +311,7 @@ def compare(scorers: Sequence[Any] | Mapping[str, Any], examples: Iterable[Any],
     return Comparison(models, pairs, exs, scores, [s.tokenizer for s in scorers])
 
 
-def _score_in_steps(scorer: Any, encoded: Sequence[Any], examples: Sequence[Example],
+def _score_in_steps(scorer: Scorer, encoded: Sequence[Any], examples: Sequence[Example],
                     detail: Detail, progress: Callable[[int], None] | None) -> list[Score]:
     out: list[Score] = []
     for start in range(0, len(encoded), STEP):

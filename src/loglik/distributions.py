@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .backends.base import DISTRIBUTIONS, DistributionSource, supports
+from .backends.base import DISTRIBUTIONS, Backend, DistributionSource, supports
 from .errors import ConfigError
 from .logprobs import chunk_rows as default_chunk_rows
 from .plan import plan_batches
@@ -42,7 +42,7 @@ def distribution_source(backend: Any) -> DistributionSource:
     return backend
 
 
-def position_stats(backends: Sequence[Any], requests: Sequence[Request], fn: Reduction, *,
+def position_stats(backends: Sequence[Backend], requests: Sequence[Request], fn: Reduction, *,
                    batch_tokens: int = 8192, chunk_rows: int | None = None,
                    final: bool = False) -> list[torch.Tensor]:
     """Per request, ``fn`` applied to every backend's distributions at its target positions.

@@ -17,9 +17,13 @@ import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .types import Score
+
+if TYPE_CHECKING:
+    from .scorer import Scorer
+
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _VISIBLE = {" ": "␣", "\n": "↵", "\t": "→", "\r": "␍"}
@@ -184,7 +188,7 @@ def from_score(score: Score, tokenizer: Any = None, *, prompt: str | None = None
                        score.id)
 
 
-def explain(scorer: Any, prompt: str, response: str, *, top_k: int = 5) -> Explanation:
+def explain(scorer: Scorer, prompt: str, response: str, *, top_k: int = 5) -> Explanation:
     """Score one pair and lay out every term of its decomposition.
 
     Args:

@@ -23,11 +23,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .tokenize import as_text_tokenizer
 from .types import Score
+
+if TYPE_CHECKING:
+    from .scorer import Scorer
+
 
 LN2 = math.log(2)
 
@@ -217,7 +221,7 @@ class Word:
     bow_logprob_after: float
 
 
-def word_logprobs(scorer: Any, examples: Iterable[Any]) -> list[list[Word]]:
+def word_logprobs(scorer: Scorer, examples: Iterable[Any]) -> list[list[Word]]:
     """Per-word log-probs of each example's response, corrected and uncorrected.
 
     Words start at the first response token and at every word-initial token. A scored EOS

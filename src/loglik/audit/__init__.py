@@ -22,11 +22,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data import Fields, to_examples
 from ..types import Example
 from .result import DIAGNOSES, AuditReport, CheckResult, RecordResult
+
+if TYPE_CHECKING:
+    from ..scorer import Scorer
+
 
 CHECKS = ("kv_cache", "invariance", "normalisation", "tokenizer")
 
@@ -45,7 +49,7 @@ DEFAULT_EXAMPLES: tuple[tuple[str, str], ...] = (
 )
 
 
-def audit(scorer: Any, examples: Iterable[Any] | None = None, *,
+def audit(scorer: Scorer, examples: Iterable[Any] | None = None, *,
           check_file: str | None = None, checks: Sequence[str] = CHECKS,
           max_examples: int = 16, atol: float = 1e-3, fields: Fields = Fields(),
           progress: Callable[[int], None] | None = None) -> AuditReport:

@@ -30,12 +30,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data import read_records, record_to_example
 from ..errors import InputError, LoglikError
 from ..types import Encoded, Request
 from .result import CheckResult, RecordResult
+
+if TYPE_CHECKING:
+    from ..scorer import Scorer
+
 
 LN2, LN10 = math.log(2), math.log(10)
 
@@ -62,7 +66,7 @@ def read_check_file(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
 class _Candidates:
     """The values each flaw would produce for one example, computed on first use."""
 
-    def __init__(self, scorer: Any, enc: Encoded) -> None:
+    def __init__(self, scorer: Scorer, enc: Encoded) -> None:
         self.scorer, self.enc, self._memo = scorer, enc, {}
         self.bos = scorer.tokenizer.bos_token_id
 
@@ -189,7 +193,7 @@ _REASONS = {
 }
 
 
-def diagnose_record(scorer: Any, index: int, record: dict[str, Any], enc: Encoded, *,
+def diagnose_record(scorer: Scorer, index: int, record: dict[str, Any], enc: Encoded, *,
                     atol: float = 1e-3, candidates: _Candidates | None = None
                     ) -> RecordResult:
     """Recompute one record and name what went wrong, if anything."""
@@ -216,7 +220,7 @@ def diagnose_record(scorer: Any, index: int, record: dict[str, Any], enc: Encode
                         max_diff)
 
 
-def check_file(scorer: Any, path: str, *, atol: float = 1e-3,
+def check_file(scorer: Scorer, path: str, *, atol: float = 1e-3,
                progress: Callable[[], None] | None = None) -> tuple[CheckResult,
                                                                     list[RecordResult]]:
     """Check 5: every record of ``path`` recomputed and diagnosed."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backends.base import PACKED_ROWS, SHARED_CONTEXT, TORCH_MODEL, supports
 from ..backends.hf.adapter import cache_kwarg, out_cache
@@ -27,13 +27,16 @@ from ..logprobs import predicting_positions, reference_logprobs
 from ..types import Detail, Encoded, Request
 from .result import CheckResult
 
+if TYPE_CHECKING:
+    from ..scorer import Scorer
 
-def hf_model(scorer: Any) -> Any | None:
+
+def hf_model(scorer: Scorer) -> Any | None:
     """The ``transformers`` model behind a scorer (``torch_model`` capability), or None."""
     return scorer.backend.model if supports(scorer.backend, TORCH_MODEL) else None
 
 
-def tolerance(scorer: Any) -> float:
+def tolerance(scorer: Scorer) -> float:
     """Per-sequence tolerance in nats: the backend's for its dtype (1e-4 in fp32,
     shared/DESIGN.md; looser in 16-bit), 1e-6 for a backend that declares none."""
     return float(getattr(scorer.backend, "tolerance", 1e-6)) if hf_model(scorer) is not None \
@@ -102,7 +105,7 @@ def kv_cache_logprobs(model: Any, seq: Sequence[int]) -> list[float]:
     return out
 
 
-def check_kv_cache(scorer: Any, encoded: Sequence[Encoded], *,
+def check_kv_cache(scorer: Scorer, encoded: Sequence[Encoded], *,
                    max_tokens: int = 512) -> CheckResult:
     """Compares every position of each example (its first ``max_tokens`` tokens)."""
     model = hf_model(scorer)
@@ -221,7 +224,7 @@ def _shared_context(model: Any, encoded: Sequence[Encoded]) -> dict[int, list[fl
     return out
 
 
-def check_invariance(scorer: Any, encoded: Sequence[Encoded]) -> CheckResult:
+def check_invariance(scorer: Scorer, encoded: Sequence[Encoded]) -> CheckResult:
     tol = tolerance(scorer)
     live = [e for e in encoded if e.response_ids]
     requests = [Request(e.context_ids, e.response_ids) for e in live]
@@ -288,7 +291,7 @@ def check_invariance(scorer: Any, encoded: Sequence[Encoded]) -> CheckResult:
 
 
 # -- 3. normalisation ----------------------------------------------------------------------
-def check_normalisation(scorer: Any, encoded: Sequence[Encoded], *,
+def check_normalisation(scorer: Scorer, encoded: Sequence[Encoded], *,
                         max_positions: int = 64) -> CheckResult:
     """Ask the backend for all V log-probs at up to ``max_positions`` positions."""
     tol = tolerance(scorer)
