@@ -26,7 +26,7 @@ from ...masks import additive_mask, allowed, layout_rows
 from ...plan import PackedBatch, plan_packed
 from ...types import Detail, Request, TokenResult
 from .adapter import ModelAdapter
-from .rows import apply_head, score_rows
+from .rows import apply_head, max_diff_from_alone
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +100,12 @@ def packing_self_check(model: ModelAdapter) -> bool:
                        batch_tokens=64)
     try:
         packed = score_packed(model, plan.batches[0], requests, Detail())
-        alone = [score_rows(model, [r], Detail())[0] for r in requests]
+        diff = max_diff_from_alone(model, requests, packed)
     except Exception as exc:  # a model that rejects 4D masks or position ids
         log.info("%s cannot score packed rows (%s: %s); scoring requests one row each",
                  type(model.model).__name__, type(exc).__name__, exc)
         return False
-    if len(packed) != len(requests):
-        return False
-    tol = model.tolerance
-    diff = max(abs(a - b) for i, res in enumerate(alone)
-               for a, b in zip(res.logprobs, packed[i].logprobs))
-    if diff > tol:
+    if diff > model.tolerance:
         log.warning("%s: packed rows differ from scoring alone by %.3g nats; scoring requests "
                     "one row each (no packing or context sharing)",
                     type(model.model).__name__, diff)

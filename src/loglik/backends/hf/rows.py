@@ -88,6 +88,17 @@ def split_head_output(out: HeadOutput, lengths: Sequence[int]) -> list[TokenResu
     return results
 
 
+def max_diff_from_alone(model: ModelAdapter, requests: Sequence[Request],
+                        got: dict[int, TokenResult]) -> float:
+    """Largest |log-prob difference| between ``got`` (request index -> result, from a fast
+    path) and scoring each request alone in a plain row; inf when a request is missing."""
+    if sorted(got) != list(range(len(requests))):
+        return float("inf")
+    alone = [score_rows(model, [r], Detail())[0] for r in requests]
+    return max(abs(a - b) for i, res in enumerate(alone)
+               for a, b in zip(res.logprobs, got[i].logprobs))
+
+
 def unmasked_padding_check(model: ModelAdapter) -> bool:
     """Do right-padded rows forwarded without a mask give each row's own logits?
 
