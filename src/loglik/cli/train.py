@@ -98,6 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import math
+    import os
 
     from ..trainer import interrupted_message, train
     from .common import fields_from_args
@@ -106,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         result = _train(train, args, fields_from_args(args))
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_message(args.output_dir)) from None
+    if int(os.environ.get("RANK", "0")) != 0:   # under torchrun only rank 0 reports
+        return 0
     if math.isnan(result.tokens_per_s):    # --resume of a finished run: nothing was trained
         print(f"nothing left to train: {result.output_dir} already has all {args.epochs} "
               f"epochs ({result.steps} steps); the model is there (log: "
