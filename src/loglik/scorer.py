@@ -38,6 +38,8 @@ class Scorer:
             (a tree-shaped mask), when the backend can (``backend.packing``).
         pack: put several short examples side by side in one row (block-diagonal mask,
             positions restarting per example) instead of padding, when the backend can.
+        parse_special: special-token strings in the text (``</s>``, ``<|endoftext|>``) become
+            control tokens; by default they are tokenized as the characters the user typed.
 
     Example:
         >>> scorer = Scorer.from_pretrained("path/to/model")        # doctest: +SKIP
@@ -49,15 +51,16 @@ class Scorer:
     def __init__(self, backend: Backend, tokenizer: Any, *, bos: str = "auto",
                  score_eos: bool = False, whitespace: str = "move", truncate: str = "error",
                  batch_tokens: int | None = None, window: int = 1024,
-                 share_context: bool = True, pack: bool = True) -> None:
+                 share_context: bool = True, pack: bool = True,
+                 parse_special: bool = False) -> None:
         if batch_tokens is None:
             batch_tokens = default_batch_tokens(backend)
         if batch_tokens < 1 or window < 1:
             raise ConfigError("batch_tokens and window must be positive")
         self.backend = backend
-        self.tokenizer = as_text_tokenizer(tokenizer)
+        self.tokenizer = as_text_tokenizer(tokenizer, parse_special=parse_special)
         self.options = EncodeOptions(bos=bos, score_eos=score_eos, whitespace=whitespace,
-                                     truncate=truncate)
+                                     truncate=truncate, parse_special=parse_special)
         self.encoder = Encoder(self.tokenizer, self.options, backend.max_length)
         self.batch_tokens = batch_tokens
         self.window = window

@@ -48,10 +48,16 @@ class TextTokenizer(Protocol):
 
 
 class HFTokenizer:
-    """Adapter over a Hugging Face tokenizer: batch encoding without special tokens."""
+    """Adapter over a Hugging Face tokenizer: batch encoding without special tokens.
 
-    def __init__(self, tokenizer: Any) -> None:
+    Special-token strings in the text (``</s>``, ``<|endoftext|>``) are ordinary characters
+    unless ``parse_special`` (the tokenizer's ``split_special_tokens``): control tokens come
+    from the BOS/EOS policy and from chat templates, never from what a user typed.
+    """
+
+    def __init__(self, tokenizer: Any, *, parse_special: bool = False) -> None:
         self.hf = tokenizer
+        self.parse_special = parse_special
         self.bos_token_id = tokenizer.bos_token_id
         self.eos_token_id = tokenizer.eos_token_id
         with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
@@ -65,7 +71,10 @@ class HFTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self.hf(list(texts), add_special_tokens=False)["input_ids"]
+        if self.parse_special:
+            return self.hf(list(texts), add_special_tokens=False)["input_ids"]
+        return self.hf(list(texts), add_special_tokens=False,
+                       split_special_tokens=True)["input_ids"]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False,
@@ -78,11 +87,19 @@ class HFTokenizer:
         return len(self.hf)
 
 
-def as_text_tokenizer(tokenizer: Any) -> TextTokenizer:
-    """Wrap a Hugging Face tokenizer; pass through anything that already fits the protocol."""
+def as_text_tokenizer(tokenizer: Any, *, parse_special: bool | None = None) -> TextTokenizer:
+    """Wrap a Hugging Face tokenizer; pass through anything that already fits the protocol.
+
+    ``parse_special`` (None: keep what ``tokenizer`` already does, else False) re-wraps an
+    :class:`HFTokenizer` that treats special-token strings the other way.
+    """
+    if isinstance(tokenizer, HFTokenizer):
+        if parse_special is None or parse_special == tokenizer.parse_special:
+            return tokenizer
+        return HFTokenizer(tokenizer.hf, parse_special=parse_special)
     if hasattr(tokenizer, "encode_batch") and hasattr(tokenizer, "adds_bos"):
         return tokenizer
-    return HFTokenizer(tokenizer)
+    return HFTokenizer(tokenizer, parse_special=bool(parse_special))
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,7 @@ class EncodeOptions:
     score_eos: bool = False
     whitespace: Literal["move", "keep"] = "move"
     truncate: Literal["error", "left"] = "error"
+    parse_special: bool = False
 
     def __post_init__(self) -> None:
         if self.bos not in ("auto", "always", "never"):
@@ -101,6 +119,11 @@ class EncodeOptions:
             raise ConfigError(f"whitespace must be 'move' or 'keep', got {self.whitespace!r}")
         if self.truncate not in ("error", "left"):
             raise ConfigError(f"truncate must be 'error' or 'left', got {self.truncate!r}")
+
+
+def _where(ex: Example) -> dict[str, Any]:
+    """The record's place, for an error message (TokenizationError takes it like InputError)."""
+    return dict(source=ex.source, line=ex.line)
 
 
 def move_whitespace(prompt: str, response: str) -> tuple[str, str]:
@@ -125,8 +148,8 @@ class Encoder:
 
     def __init__(self, tokenizer: Any, options: EncodeOptions | None = None,
                  max_length: int | None = None) -> None:
-        self.tok = as_text_tokenizer(tokenizer)
         self.options = options or EncodeOptions()
+        self.tok = as_text_tokenizer(tokenizer, parse_special=self.options.parse_special)
         self.max_length = max_length
         if self.options.score_eos and self.tok.eos_token_id is None:
             raise ConfigError("score_eos needs an EOS token, and this tokenizer has none")
@@ -167,8 +190,15 @@ class Encoder:
         n = len(prompt_ids)
         if joint_ids[:n] == prompt_ids:
             boundary, response_ids = "joint", list(joint_ids[n:])
+            if response and not response_ids:
+                raise TokenizationError(
+                    f"the tokenizer gives no tokens for the response {response[:40]!r} after "
+                    "the prompt (its pre-tokenizer drops this text): a fault of the "
+                    "tokenizer, not of the record; score it with a tokenizer that keeps "
+                    "whitespace, or give prompt_ids/response_ids", **_where(ex))
         else:
-            boundary, response_ids = "split", self._split_response(prompt_ids, response)
+            boundary, response_ids = "split", self._split_response(prompt, prompt_ids, response,
+                                                                ex)
         bos = self.tok.bos_token_id
         if not prompt_ids:
             context = [self.start_token()]
@@ -182,7 +212,8 @@ class Encoder:
         context, dropped = self._fit(ex, context, response_ids)
         return Encoded(tuple(context), tuple(response_ids), response, boundary, dropped, eos_scored)
 
-    def _split_response(self, prompt_ids: list[int], response: str) -> list[int]:
+    def _split_response(self, prompt: str, prompt_ids: list[int], response: str, ex: Example
+                        ) -> list[int]:
         if not response:
             return []
         head = self.tok.decode(prompt_ids)
@@ -196,11 +227,20 @@ class Encoder:
         for ids in options:
             if self.tok.decode(prompt_ids + ids) == target:
                 return list(ids)
+        joint = self.tok.encode_batch([prompt + response])[0]
+        if head != prompt or self.tok.decode(joint) != prompt + response:
+            raise TokenizationError(
+                f"the tokenizer's decode is lossy: the prompt ending {head[-40:]!r} and the "
+                f"response {response[:40]!r} tokenize to tokens that decode to different "
+                "text (the tokenizer drops or normalises characters), so no response tokens "
+                "can be checked against the response text; a fault of the tokenizer, not of "
+                "the record: use a tokenizer whose decode round-trips, or give "
+                "prompt_ids/response_ids", **_where(ex))
         raise TokenizationError(
             f"cannot tokenize the response {response[:40]!r} as a continuation of the prompt "
             f"ending {head[-40:]!r}: the tokenizer merges across the boundary and no "
             "tokenization of the response alone decodes back to it exactly; try "
-            "whitespace='keep' or move the boundary")
+            "whitespace='keep' or move the boundary", **_where(ex))
 
     def _fit(self, ex: Example, context: list[int], response_ids: list[int]
              ) -> tuple[list[int], int]:
