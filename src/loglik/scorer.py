@@ -17,7 +17,7 @@ from .data import Fields, to_examples
 from .errors import ConfigError, LoglikError
 from .plan import default_batch_tokens, plan_batches, plan_packed
 from .tokenize import EncodeOptions, Encoder, as_text_tokenizer
-from .types import Detail, Encoded, Example, Request, Score, TokenResult
+from .types import Detail, Encoded, Example, FailedRecord, Request, Score, TokenResult
 
 
 class Scorer:
@@ -151,15 +151,24 @@ class Scorer:
                           entropy=entropy, top_k=top_k)
 
     def score_many(self, examples: Iterable[Any], *, fields: Fields = Fields(),
-                   rank: bool = False, entropy: bool = False, top_k: int = 0) -> list[Score]:
-        """Score pairs, dicts or Examples; the list is in input order."""
+                   rank: bool = False, entropy: bool = False, top_k: int = 0,
+                   on_error: str = "stop") -> list[Any]:
+        """Score pairs, dicts or Examples; the list is in input order.
+
+        ``on_error="record"``: a record that cannot be encoded (the tokenizer cannot keep
+        the boundary guarantee, it does not fit the context) becomes a
+        :class:`~loglik.types.FailedRecord` in its place and the rest are scored;
+        ``"stop"`` (default) raises after scoring the records before it.
+        """
         return list(self.iter_scores(examples, fields=fields, rank=rank, entropy=entropy,
-                                     top_k=top_k))
+                                     top_k=top_k, on_error=on_error))
 
     def iter_scores(self, examples: Iterable[Any], *, fields: Fields = Fields(),
-                    rank: bool = False, entropy: bool = False, top_k: int = 0
-                    ) -> Iterator[Score]:
+                    rank: bool = False, entropy: bool = False, top_k: int = 0,
+                    on_error: str = "stop") -> Iterator[Any]:
         """Stream scores in input order, holding at most ``window`` examples at a time."""
+        if on_error not in ("stop", "record"):
+            raise ConfigError(f"on_error must be 'stop' or 'record', got {on_error!r}")
         detail = Detail(rank=rank, entropy=entropy, top_k=top_k)
         stream = to_examples(examples, fields)
         while True:
@@ -173,7 +182,11 @@ class Scorer:
             try:
                 encoded = self.encoder.encode_many(chunk)
             except LoglikError as exc:
-                encoded, error = self._encode_until_error(chunk), exc
+                if on_error == "record":
+                    yield from self._score_recording(chunk, detail)
+                    encoded = []
+                else:
+                    encoded, error = self._encode_until_error(chunk), exc
             if encoded:
                 yield from self.score_encoded(encoded, chunk[:len(encoded)], detail)
             if error is not None:
@@ -190,6 +203,21 @@ class Scorer:
             except LoglikError:
                 break
         return encoded
+
+    def _score_recording(self, chunk: Sequence[Example], detail: Detail
+                         ) -> Iterator[Score | FailedRecord]:
+        """Encode one by one; a failing example becomes a FailedRecord in its place."""
+        items: list[Encoded | FailedRecord] = []
+        for ex in chunk:
+            try:
+                items.append(self.encoder.encode_many([ex])[0])
+            except LoglikError as exc:
+                items.append(FailedRecord(ex.id, str(exc)))
+        good = [i for i, item in enumerate(items) if isinstance(item, Encoded)]
+        scores = iter(self.score_encoded([items[i] for i in good],  # type: ignore[misc]
+                                         [chunk[i] for i in good], detail))
+        for item in items:
+            yield item if isinstance(item, FailedRecord) else next(scores)
 
     def score_encoded(self, encoded: Sequence[Encoded], examples: Sequence[Example] | None = None,
                       detail: Detail = Detail()) -> list[Score]:

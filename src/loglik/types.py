@@ -168,3 +168,18 @@ class Score:
             rec["token_top"] = [[[t, lp] for t, lp in alts] for alts in self.token_top]
         rec.update(self.extra)
         return rec
+
+
+@dataclass(frozen=True)
+class FailedRecord:
+    """A record that could not be scored, kept in its place (``on_error="record"``).
+
+    ``error`` is the message of the error that stopped it (it names the file and line).
+    """
+
+    id: Any
+    error: str
+
+    def to_record(self) -> dict[str, Any]:
+        """The output line: ``{"id": ..., "error": ...}``."""
+        return {"id": self.id, "error": self.error}

@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", default=None, metavar="FILE",
                    help="also write a self-contained HTML report of the first 500 records "
                    "(tokens coloured by log-prob; --rank, --entropy, --top-k add to it)")
+    p.add_argument("--on-error", choices=("stop", "record"), default="stop",
+                   help="a record the tokenizer cannot score exactly or that does not fit: "
+                   "stop the run (default), or write {\"id\", \"error\"} for it and go on")
     add_data_options(p)
     add_model_options(p)
     add_encode_options(p)
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import open_output
     from ..progress import Progress
+    from ..types import FailedRecord
     from .common import scorer_from_args
 
     if args.detail:
@@ -129,9 +133,10 @@ def run(args: argparse.Namespace) -> int:
                                           entropy=args.entropy, top_k=args.top_k)
             else:
                 scores = scorer.iter_scores(examples, rank=args.rank, entropy=args.entropy,
-                                            top_k=args.top_k)
-            done, seen = writer.done, restart
+                                            top_k=args.top_k, on_error=args.on_error)
+            done, seen, errors = writer.done, restart, 0
             for seen, score in enumerate(scores, start=restart + 1):
+                failed = isinstance(score, FailedRecord)
                 if report is not None:
                     report.add(score)
                 if seen <= done:
@@ -142,12 +147,18 @@ def run(args: argparse.Namespace) -> int:
                             "options", source=args.output)
                     continue
                 writer.write(score.to_record())
+                errors += failed
                 if totals is not None:
                     totals.add(score)
                 progress.advance()
             if seen < done:
                 raise InputError(f"the output already has {done} records but the input has "
                                  f"only {seen}; is this the same input?", source=args.output)
+    if errors:
+        import sys
+
+        print(f"loglik score: {errors} of {seen - done} records could not be scored; their "
+              'output records hold {"id", "error"}', file=sys.stderr)
     if totals is not None:
         import json
         import sys
