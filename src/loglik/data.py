@@ -28,6 +28,9 @@ class Fields:
     prompt: str = "prompt"
     response: str = "response"
     id: str = "id"
+    prompt_ids: str = "prompt_ids"
+    response_ids: str = "response_ids"
+    messages: str = "messages"
 
 
 def detect_format(path: str) -> str:
@@ -143,9 +146,48 @@ def string_field(record: Mapping[str, Any], name: str, *, hint: str = "",
     return value
 
 
+def ids_field(record: Mapping[str, Any], name: str, *, source: str | None = None,
+              line: int | None = None) -> tuple[int, ...]:
+    """``record[name]`` as token ids: a list of non-negative integers; else an InputError."""
+    if name not in record:
+        raise InputError(f'missing field "{name}" (fields present: {", ".join(record)}); '
+                         "token-id records need both prompt_ids and response_ids",
+                         source=source, line=line, field=name)
+    value = record[name]
+    if hasattr(value, "tolist"):   # a numpy array from Parquet
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        kind = "null" if value is None else type(value).__name__
+        raise InputError(f'field "{name}" must be a list of token ids, got {kind}',
+                         source=source, line=line, field=name)
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise InputError(f'field "{name}" item {i} must be a non-negative integer token id, '
+                             f"got {json.dumps(v, default=str)[:40]}",
+                             source=source, line=line, field=name)
+    return tuple(value)
+
+
 def record_to_example(record: Mapping[str, Any], fields: Fields = Fields(), *,
                       source: str | None = None, line: int | None = None) -> Example:
-    """Validate one record's fields and build an :class:`Example`."""
+    """Validate one record's fields and build an :class:`Example`.
+
+    A record with ``prompt_ids``/``response_ids`` (and no prompt text) is scored from its
+    token ids; one with ``messages`` (and no prompt text) is a conversation.
+    """
+    if fields.prompt not in record:
+        if fields.prompt_ids in record or fields.response_ids in record:
+            return Example("", "", id=record.get(fields.id), source=source, line=line,
+                           prompt_ids=ids_field(record, fields.prompt_ids, source=source,
+                                                line=line),
+                           response_ids=ids_field(record, fields.response_ids, source=source,
+                                                  line=line))
+        if fields.messages in record:
+            from .chat import messages_field
+
+            return Example("", "", id=record.get(fields.id), source=source, line=line,
+                           messages=messages_field(record, fields.messages, source=source,
+                                                   line=line))
     values = []
     for name, flag in ((fields.prompt, "--prompt-field"), (fields.response, "--response-field")):
         other = [f for f in record if f not in (fields.prompt, fields.response, fields.id)]

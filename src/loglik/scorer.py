@@ -116,6 +116,22 @@ class Scorer:
         return self.score_many([Example(prompt, response, source="<python>", line=1)],
                                rank=rank, entropy=entropy, top_k=top_k)[0]
 
+    def score_ids(self, prompt_ids: Sequence[int], response_ids: Sequence[int], *,
+                  rank: bool = False, entropy: bool = False, top_k: int = 0) -> Score:
+        """log Pr(response_ids | prompt_ids) for token ids as given (``boundary="ids"``).
+
+        No boundary rule and no BOS added unless ``bos="always"``; an empty prompt conditions
+        on BOS. Byte and char counts come from decoding the response ids after the prompt's.
+
+        Example:
+            >>> ids = scorer.tokenizer.encode_batch(["The capital of France is", " Paris"])
+            >>> scorer.score_ids(ids[0], ids[1]).boundary                # doctest: +SKIP
+            'ids'
+        """
+        ex = Example("", "", source="<python>", line=1, prompt_ids=tuple(int(t) for t in prompt_ids),
+                     response_ids=tuple(int(t) for t in response_ids))
+        return self.score_many([ex], rank=rank, entropy=entropy, top_k=top_k)[0]
+
     def score_choices(self, prompt: str, choices: Sequence[str], *, rank: bool = False,
                       entropy: bool = False, top_k: int = 0) -> list[Score]:
         """log Pr(choice | prompt) for each choice, reading the prompt once.

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from .errors import ConfigError, ContextLengthError, TokenizationError
+from .errors import ConfigError, ContextLengthError, InputError, TokenizationError
 from .types import Encoded, Example
 
 BosPolicy = Literal["auto", "always", "never"]
@@ -173,12 +173,56 @@ class Encoder:
         return self.encode_many([Example(prompt, response)])[0]
 
     def encode_many(self, examples: Sequence[Example]) -> list[Encoded]:
-        """Encode a batch of examples with two batched tokenizer calls (plus fallbacks)."""
-        pairs = [self._texts(ex) for ex in examples]
+        """Encode a batch of examples with two batched tokenizer calls (plus fallbacks).
+
+        Examples that carry token ids (:meth:`encode_ids`) or a conversation
+        (:func:`loglik.chat.encode_chat`) take their own path, in place.
+        """
+        text = [ex for ex in examples if ex.prompt_ids is None and ex.messages is None]
+        pairs = [self._texts(ex) for ex in text]
         prompt_ids = self.tok.encode_batch([p for p, _ in pairs])
         joint_ids = self.tok.encode_batch([p + r for p, r in pairs])
-        return [self._finish(ex, p, r, pi, ji)
-                for ex, (p, r), pi, ji in zip(examples, pairs, prompt_ids, joint_ids)]
+        done = iter([self._finish(ex, p, r, pi, ji)
+                     for ex, (p, r), pi, ji in zip(text, pairs, prompt_ids, joint_ids)])
+        return [self.encode_ids(ex) if ex.prompt_ids is not None
+                else self._encode_chat(ex) if ex.messages is not None
+                else next(done) for ex in examples]
+
+    def encode_ids(self, ex: Example) -> Encoded:
+        """An example given as token ids: scored as given (``boundary="ids"``).
+
+        No boundary rule and no BOS added (``bos="always"`` adds one unless the ids start
+        with it); an empty prompt conditions on BOS (or EOS). The response text, for the
+        byte/char counts, is what the response ids add to the prompt ids' decode.
+        """
+        prompt_ids, response_ids = list(ex.prompt_ids or ()), list(ex.response_ids or ())
+        size = len(self.tok)
+        for name, ids in (("prompt_ids", prompt_ids), ("response_ids", response_ids)):
+            bad = [t for t in ids if t >= size]
+            if bad:
+                raise InputError(f"token id {bad[0]} is outside the tokenizer's vocabulary "
+                                 f"({size} tokens); were these ids made by another tokenizer?",
+                                 source=ex.source, line=ex.line, field=name)
+        head = self.tok.decode(prompt_ids)
+        full = self.tok.decode(prompt_ids + response_ids)
+        text = full[len(head):] if full.startswith(head) else self.tok.decode(response_ids)
+        bos = self.tok.bos_token_id
+        if not prompt_ids:
+            context = [self.start_token()]
+        elif self.options.bos == "always" and prompt_ids[0] != bos:
+            context = [bos, *prompt_ids]
+        else:
+            context = prompt_ids
+        if self.options.score_eos:
+            response_ids.append(self.tok.eos_token_id)
+        context, dropped = self._fit(ex, context, response_ids)
+        return Encoded(tuple(context), tuple(response_ids), text, "ids", dropped,
+                       self.options.score_eos)
+
+    def _encode_chat(self, ex: Example) -> Encoded:
+        from .chat import encode_chat
+
+        return encode_chat(self, ex)
 
     def _texts(self, ex: Example) -> tuple[str, str]:
         if self.options.whitespace == "move":

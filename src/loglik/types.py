@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Boundary = Literal["joint", "split"]
+Boundary = Literal["joint", "split", "ids", "chat", "chat_per_turn"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class Example:
     source: str | None = None   # file name, "<stdin>" or "<python>"
     line: int | None = None     # 1-based line/row in ``source``
     extra: dict[str, Any] | None = None  # other fields of the input record, carried through
+    prompt_ids: tuple[int, ...] | None = None    # token ids given instead of text
+    response_ids: tuple[int, ...] | None = None
+    messages: tuple[dict[str, str], ...] | None = None   # a conversation (OpenAI format)
 
 
 @dataclass(frozen=True)
