@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", default=None, metavar="FILE",
                    help="also write a self-contained HTML report of the first 500 records "
                    "(tokens coloured by log-prob; --rank, --entropy, --top-k add to it)")
+    p.add_argument("--words", action="store_true",
+                   help="add words: [{text, logprob, logprob_uncorrected, num_tokens}] per "
+                   "record, corrected for word ends (Pimentel & Meister 2024; a second pass)")
+    p.add_argument("--bits", action="store_true",
+                   help="--words: word log-probs in bits (logprob_bits, ...) instead of nats")
     p.add_argument("--on-error", choices=("stop", "record"), default="stop",
                    help="a record the tokenizer cannot score exactly or that does not fit: "
                    "stop the run (default), or write {\"id\", \"error\"} for it and go on")
@@ -93,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
 
         return run_cli(args)
     fields = fields_from_args(args)
+    if args.words and args.text_field:
+        from ..errors import ConfigError
+
+        raise ConfigError("--words scores the response of prompt/response records; it does "
+                          "not go with --text-field")
     if args.text_field:
         from ..longtext import DOCS_PER_CHUNK, read_documents
 
@@ -132,8 +142,14 @@ def run(args: argparse.Namespace) -> int:
                                           max_length=args.max_length, rank=args.rank,
                                           entropy=args.entropy, top_k=args.top_k)
             else:
-                scores = scorer.iter_scores(examples, rank=args.rank, entropy=args.entropy,
-                                            top_k=args.top_k, on_error=args.on_error)
+                options = dict(rank=args.rank, entropy=args.entropy, top_k=args.top_k,
+                               on_error=args.on_error)
+                if args.words:
+                    from ..metrics import iter_scores_with_words
+
+                    scores = iter_scores_with_words(scorer, examples, bits=args.bits, **options)
+                else:
+                    scores = scorer.iter_scores(examples, **options)
             done, seen, errors = writer.done, restart, 0
             for seen, score in enumerate(scores, start=restart + 1):
                 failed = isinstance(score, FailedRecord)
