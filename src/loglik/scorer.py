@@ -40,6 +40,10 @@ class Scorer:
             positions restarting per example) instead of padding, when the backend can.
         parse_special: special-token strings in the text (``</s>``, ``<|endoftext|>``) become
             control tokens; by default they are tokenized as the characters the user typed.
+        turns: conversations (``messages`` records, :mod:`loglik.chat`): score the
+            ``"last"`` assistant message or ``"all"`` of them (``extra["turns"]``).
+        end_of_turn: conversations: the span includes the template's end-of-turn tokens.
+        chat_template: conversations: a Jinja chat template instead of the tokenizer's.
 
     Example:
         >>> scorer = Scorer.from_pretrained("path/to/model")        # doctest: +SKIP
@@ -52,7 +56,8 @@ class Scorer:
                  score_eos: bool = False, whitespace: str = "move", truncate: str = "error",
                  batch_tokens: int | None = None, window: int = 1024,
                  share_context: bool = True, pack: bool = True,
-                 parse_special: bool = False) -> None:
+                 parse_special: bool = False, turns: str = "last", end_of_turn: bool = True,
+                 chat_template: str | None = None) -> None:
         if batch_tokens is None:
             batch_tokens = default_batch_tokens(backend)
         if batch_tokens < 1 or window < 1:
@@ -60,7 +65,9 @@ class Scorer:
         self.backend = backend
         self.tokenizer = as_text_tokenizer(tokenizer, parse_special=parse_special)
         self.options = EncodeOptions(bos=bos, score_eos=score_eos, whitespace=whitespace,
-                                     truncate=truncate, parse_special=parse_special)
+                                     truncate=truncate, parse_special=parse_special,
+                                     turns=turns, end_of_turn=end_of_turn,  # type: ignore
+                                     chat_template=chat_template)
         self.encoder = Encoder(self.tokenizer, self.options, backend.max_length)
         self.batch_tokens = batch_tokens
         self.window = window
@@ -238,6 +245,10 @@ class Scorer:
     def score_encoded(self, encoded: Sequence[Encoded], examples: Sequence[Example] | None = None,
                       detail: Detail = Detail()) -> list[Score]:
         """Score already-encoded examples (batched by the planner)."""
+        if any(e.parts for e in encoded):   # conversations scored turn by turn
+            from .chat import score_turns
+
+            return score_turns(self, encoded, examples, detail)
         requests = [Request(e.context_ids, e.response_ids) for e in encoded]
         results = self.run_requests(requests, detail)
         ids = [ex.id for ex in examples] if examples is not None else [None] * len(encoded)

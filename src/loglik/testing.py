@@ -277,3 +277,46 @@ def tiny_model(family: str, vocab_size: int, *, seed: int = 0, scale: float = 1.
         with torch.no_grad():
             model.get_output_embeddings().weight.mul_(scale)
     return model.eval()
+
+
+# -- chat templates (conversations) -------------------------------------------------------------
+CHAT_TEMPLATES = {
+    # ChatML (Qwen, many fine-tunes): generation prompt "<|im_start|>assistant\n"
+    "chatml": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+               "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+               "{% endif %}"),
+    # Llama-2 chat: the template writes BOS, strips contents, ends a turn with EOS
+    "llama2": ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] "
+               "{{ m['content'].strip() }} [/INST]{% elif m['role'] == 'system' %}<<SYS>>\n"
+               "{{ m['content'] }}\n<</SYS>>\n\n{% else %} {{ m['content'].strip() }} "
+               "{{ eos_token }}{% endif %}{% endfor %}"),
+    # a generation prompt ending in a space, which byte-level BPE merges into the content
+    "space_prompt": ("{% for m in messages %}{% if m['role'] == 'user' %}User: "
+                     "{{ m['content'] }}\n{% else %}Assistant: {{ m['content'] }}<|im_end|>\n"
+                     "{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant: "
+                     "{% endif %}"),
+    # Qwen3-like: reasoning blocks of earlier assistant turns are removed from the rendering
+    "reasoning": ("{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}"
+                  "<|im_start|>assistant\n{{ m['content'].split('</think>')[-1].lstrip() }}"
+                  "<|im_end|>\n{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                  "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+                  "<|im_start|>assistant\n{% endif %}"),
+}
+"""Chat templates in the styles real models ship, for :func:`chat_tokenizer`."""
+
+
+def chat_tokenizer(style: str = "chatml") -> Any:
+    """A tokenizer with the chat template ``style`` of :data:`CHAT_TEMPLATES`.
+
+    ``llama2`` is built on :func:`sentencepiece_tokenizer`; the others on
+    :func:`byte_bpe_tokenizer` with ``<|im_start|>`` and ``<|im_end|>`` added as special tokens.
+    """
+    if style not in CHAT_TEMPLATES:
+        raise ValueError(f"unknown chat style {style!r}; use one of {', '.join(CHAT_TEMPLATES)}")
+    if style == "llama2":
+        tok = sentencepiece_tokenizer()
+    else:
+        tok = byte_bpe_tokenizer()
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHAT_TEMPLATES[style]
+    return tok

@@ -111,8 +111,13 @@ class EncodeOptions:
     whitespace: Literal["move", "keep"] = "move"
     truncate: Literal["error", "left"] = "error"
     parse_special: bool = False
+    turns: Literal["last", "all"] = "last"      # conversations: which assistant turns
+    end_of_turn: bool = True                    # conversations: score the end-of-turn tokens
+    chat_template: str | None = None            # conversations: Jinja text over the tokenizer's
 
     def __post_init__(self) -> None:
+        if self.turns not in ("last", "all"):
+            raise ConfigError(f"turns must be 'last' or 'all', got {self.turns!r}")
         if self.bos not in ("auto", "always", "never"):
             raise ConfigError(f"bos must be 'auto', 'always' or 'never', got {self.bos!r}")
         if self.whitespace not in ("move", "keep"):

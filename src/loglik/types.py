@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Boundary = Literal["joint", "split", "ids", "chat", "chat_per_turn"]
+Boundary = Literal["joint", "split", "ids", "chat", "chat_split"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,10 @@ class Encoded:
     boundary: Boundary
     truncated_tokens: int = 0
     eos_scored: bool = False
+    # a conversation scored on every assistant turn: one Encoded per turn (the fields above
+    # are the last turn's) and the turns' message indices
+    parts: tuple[Encoded, ...] | None = None
+    turn_indices: tuple[int, ...] | None = None
 
     @property
     def num_tokens(self) -> int:
