@@ -97,6 +97,15 @@ class Scorer:
 
             torch.set_num_threads(threads)
 
+        if model is not None:
+            from .backends.seq2seq import is_encoder_decoder, load_seq2seq
+
+            if is_encoder_decoder(model, revision=revision, trust_remote_code=trust_remote_code):
+                s2s, tok = load_seq2seq(model, dtype=dtype, device=device,
+                                        trust_remote_code=trust_remote_code,
+                                        allow_pickle=allow_pickle, revision=revision)
+                return cls.from_seq2seq(s2s, tok, chunk_size=chunk_size, max_length=max_length,
+                                        **options)
         hf_model, tokenizer = load_hf(model or default_model_path(), dtype=dtype, device=device,
                                       trust_remote_code=trust_remote_code,
                                       allow_pickle=allow_pickle, revision=revision)
@@ -111,6 +120,20 @@ class Scorer:
 
         return cls(HFBackend(model, chunk_size=chunk_size, max_length=max_length), tokenizer,
                    **options)
+
+    @classmethod
+    def from_seq2seq(cls, model: Any, tokenizer: Any, *, chunk_size: int | None = None,
+                     max_length: int | None = None, **options: Any) -> Scorer:
+        """Wrap an encoder-decoder model (T5, BART): prompt to the encoder, response to the
+        decoder (:mod:`loglik.backends.seq2seq`, :mod:`loglik.tokenize_seq2seq`)."""
+        from .backends.seq2seq import Seq2SeqBackend
+        from .tokenize_seq2seq import Seq2SeqEncoder
+
+        scorer = cls(Seq2SeqBackend(model, chunk_size=chunk_size, max_length=max_length),
+                     tokenizer, **options)
+        scorer.encoder = Seq2SeqEncoder(scorer.tokenizer, scorer.options,
+                                        scorer.backend.max_length)
+        return scorer
 
     # -- scoring ---------------------------------------------------------------------------
     def encode(self, prompt: str, response: str) -> Encoded:

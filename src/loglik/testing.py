@@ -320,3 +320,40 @@ def chat_tokenizer(style: str = "chatml") -> Any:
         tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = CHAT_TEMPLATES[style]
     return tok
+
+
+def tiny_seq2seq(family: str, tokenizer: Any, *, seed: int = 0, scale: float = 1.0,
+                 hidden: int = 32, layers: int = 2, heads: int = 4) -> Any:
+    """A randomly initialised encoder-decoder LM (``"t5"`` or ``"bart"``) in eval mode.
+
+    Special-token ids come from ``tokenizer`` (build T5 with :func:`metaspace_always_tokenizer`,
+    BART with :func:`prefix_space_bpe_tokenizer`); ``scale`` multiplies the output head.
+    """
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    vocab = len(tokenizer)
+    if family == "t5":
+        config = tf.T5Config(vocab_size=vocab, d_model=hidden, d_kv=hidden // heads,
+                             d_ff=2 * hidden, num_layers=layers, num_heads=heads,
+                             pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id,
+                             decoder_start_token_id=tokenizer.pad_token_id)
+    elif family == "bart":
+        config = tf.BartConfig(vocab_size=vocab, d_model=hidden, encoder_layers=layers,
+                               decoder_layers=layers, encoder_attention_heads=heads,
+                               decoder_attention_heads=heads, encoder_ffn_dim=2 * hidden,
+                               decoder_ffn_dim=2 * hidden, max_position_embeddings=256,
+                               pad_token_id=tokenizer.pad_token_id,
+                               bos_token_id=tokenizer.bos_token_id,
+                               eos_token_id=tokenizer.eos_token_id,
+                               decoder_start_token_id=tokenizer.eos_token_id,
+                               forced_bos_token_id=None)
+    else:
+        raise ValueError(f"unknown encoder-decoder family {family!r}; use 't5' or 'bart'")
+    model = tf.AutoModelForSeq2SeqLM.from_config(config)
+    if scale != 1.0:
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(scale)
+    return model.eval()

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Boundary = Literal["joint", "split", "ids", "chat", "chat_split"]
+Boundary = Literal["joint", "split", "ids", "chat", "chat_split", "seq2seq"]
 
 
 @dataclass(frozen=True)
