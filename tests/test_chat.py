@@ -158,3 +158,27 @@ def test_cli_conversations(tmp_path, torch_threads):
     assert main(["score", str(one), "--model", str(plain_dir), "-o", str(tmp_path / "y.jsonl"),
                  "--chat-template", str(template)]) == 0
     assert json.loads((tmp_path / "y.jsonl").read_text())["boundary"].startswith("chat")
+
+
+BAD_GENERATION = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{% generation %}"
+                  "<|im_start|>assistant\n{{ m['content'] }}<|im_end|>{% endgeneration %}"
+                  "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>"
+                  "{% endif %}\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                  "{% endif %}")
+
+
+def test_generation_blocks_are_checked_against_the_span():
+    from loglik.errors import TokenizationError
+
+    tok = chat_tokenizer("chatml_generation")
+    conv = CONV[:3]
+    out = tok.apply_chat_template(conv, tokenize=True, return_dict=True,
+                                  return_assistant_tokens_mask=True)
+    marked = [i for i, m in enumerate(out["assistant_masks"]) if m]
+    scorer = Scorer.from_hf(tiny_model("llama", len(tok)), tok)
+    enc = scorer.encoder.encode_many([record_to_example({"messages": conv})])[0]
+    # the template's own mask is exactly our span: content + <|im_end|>
+    assert marked == list(range(len(enc.context_ids), len(enc.context_ids) + enc.num_tokens))
+    bad = Scorer.from_hf(tiny_model("llama", len(tok)), tok, chat_template=BAD_GENERATION)
+    with pytest.raises(TokenizationError, match="generation block marks tokens"):
+        bad.score_many([{"messages": conv}])

@@ -28,6 +28,7 @@ tokenized with its special tokens, the contents without.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ from .errors import ConfigError, InputError, TokenizationError
 from .types import Encoded, Example
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
+_GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 def messages_field(record: Mapping[str, Any], name: str, *, source: str | None = None,
@@ -201,6 +203,9 @@ class ChatRenderer:
                 "(with the generation prompt) is not a prefix of the conversation through it; "
                 "its span cannot be found. Pass a template that keeps that property with "
                 "--chat-template FILE", source=ex.source, line=ex.line)
+        if _GENERATION.search(self.template or self.hf.chat_template or ""):
+            self._check_generation_mask(messages[:k + 1], b_ids, len(a_ids),
+                                        len(a_ids) + len(span), ex, k)
         span = self._trim(span, a_ids, messages[k]["content"], ex, k)
         if not span:
             raise TokenizationError(f"message {k}: the chat template gives the assistant turn "
@@ -210,6 +215,40 @@ class ChatRenderer:
         text = full[len(head):] if full.startswith(head) else self.encoder.tok.decode(span)
         context, dropped = self.encoder._fit(ex, a_ids, span)
         return Encoded(tuple(context), tuple(span), text, boundary, dropped)  # type: ignore
+
+    def _check_generation_mask(self, messages: Sequence[Mapping[str, Any]], b_ids: list[int],
+                               start: int, end: int, ex: Example, k: int) -> None:
+        """The template's ``{% generation %}`` block for turn ``k`` must lie in our span.
+
+        Compared with ``apply_chat_template(return_assistant_tokens_mask=True)``, whose tokens
+        are ours unless a content held special-token strings (then there is nothing to
+        compare: its tokens differ on purpose).
+        """
+        kwargs: dict[str, Any] = dict(tokenize=True, return_dict=True,
+                                      return_assistant_tokens_mask=True)
+        if self.template is not None:
+            kwargs["chat_template"] = self.template
+        out = self.hf.apply_chat_template([dict(m) for m in messages], **kwargs)
+        ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+        offset = len(b_ids) - len(ids)
+        if offset not in (0, 1) or b_ids[offset:] != ids:
+            return
+        marked = [i + offset for i, m in enumerate(mask) if m]
+        if not marked:
+            return
+        last_run = [marked[-1]]
+        for i in reversed(marked[:-1]):   # the last contiguous run is turn k's block
+            if i != last_run[-1] - 1:
+                break
+            last_run.append(i)
+        lo, hi = min(last_run), max(last_run) + 1
+        if lo < start or hi > end:
+            raise TokenizationError(
+                f"message {k}: the chat template's generation block marks tokens {lo}..{hi - 1} "
+                f"as the assistant's, but the turn's span found by rendering is tokens "
+                f"{start}..{end - 1}; the template's generation block and its generation "
+                "prompt disagree: fix the template (--chat-template FILE)",
+                source=ex.source, line=ex.line)
 
     def _trim(self, span: list[int], context: list[int], content: str, ex: Example,
               k: int) -> list[int]:

@@ -301,6 +301,12 @@ CHAT_TEMPLATES = {
                   "<|im_end|>\n{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
                   "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
                   "<|im_start|>assistant\n{% endif %}"),
+    # ChatML with {% generation %} blocks (for return_assistant_tokens_mask)
+    "chatml_generation": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                          "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}"
+                          "<|im_end|>{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>"
+                          "{% endif %}\n{% endfor %}{% if add_generation_prompt %}"
+                          "<|im_start|>assistant\n{% endif %}"),
 }
 """Chat templates in the styles real models ship, for :func:`chat_tokenizer`."""
 
