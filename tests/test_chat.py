@@ -182,3 +182,18 @@ def test_generation_blocks_are_checked_against_the_span():
     bad = Scorer.from_hf(tiny_model("llama", len(tok)), tok, chat_template=BAD_GENERATION)
     with pytest.raises(TokenizationError, match="generation block marks tokens"):
         bad.score_many([{"messages": conv}])
+
+
+def test_compare_accepts_conversations(torch_threads):
+    from loglik import compare
+
+    tok = chat_tokenizer("chatml")
+    a = Scorer.from_hf(tiny_model("llama", len(tok), scale=4.0, seed=1), tok, turns="all")
+    b = Scorer.from_hf(tiny_model("llama", len(tok), scale=4.0, seed=2), tok, turns="all")
+    convs = [{"messages": CONV}, {"messages": CONV[:3]}]
+    c = compare({"a": a, "b": b}, convs, num_bootstrap=200, token_stats=False)
+    pair = c.pair("a", "b")
+    want = math.fsum(x.logprob for x in a.score_many(convs)) \
+        - math.fsum(x.logprob for x in b.score_many(convs))
+    assert pair.diff_total == pytest.approx(want, abs=1e-4)
+    assert [len(s.extra["turns"]) for s in c.scores[0]] == [2, 1]
