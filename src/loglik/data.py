@@ -1,5 +1,8 @@
 """Input records (JSONL, CSV, Parquet, stdin, Python objects) to :class:`Example`.
 
+A record holds ``prompt``/``response`` text, or ``prompt_ids``/``response_ids`` (token ids,
+scored as given), or ``messages`` (a conversation, :mod:`loglik.chat`).
+
 Readers stream: they never hold a file in memory. Every error names the file, the line (or
 row) and the field, and says how to fix it.
 """

@@ -15,6 +15,14 @@ after the prompt's, give exactly the prompt's text followed by the response text
 If no candidate decodes exactly, :class:`~loglik.errors.TokenizationError` is raised: never an
 empty or wrong slice in silence.
 
+Where no candidate can be checked because the tokenizer's decode does not reproduce the text
+(WordPiece, whitespace-splitting decoders), the error says it is the tokenizer's fault.
+
+Special tokens: ``</s>``, ``<|endoftext|>`` typed in a prompt or response are tokenized as
+characters (the tokenizer's ``split_special_tokens``) unless ``parse_special``. Examples given
+as token ids (:meth:`Encoder.encode_ids`) skip the boundary rule; conversations are rendered by
+:mod:`loglik.chat`.
+
 BOS: ``auto`` adds BOS when the tokenizer itself adds it, ``always`` adds it, ``never`` does
 not. BOS is never doubled (a prompt whose tokens already start with BOS gets no second one)
 and never scored. An empty prompt conditions on BOS, or EOS where there is no BOS, whatever
