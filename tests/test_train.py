@@ -85,6 +85,14 @@ def test_pretrain_from_config_on_text(tmp_path, sp_tokenizer, capsys):
     assert epochs[0]["eval"]["num_examples"] == len(HELDOUT)
     held = [r["eval"]["logprob"] for r in epochs]
     assert all(b > a for a, b in zip(held, held[1:])), held
+    assert "/token" in err and "nan" not in err
+    # the same command with --resume on the finished run: nothing to train, no "nan tokens/s"
+    rc = main(["train", str(tmp_path / "train.txt"), "--model", str(tmp_path / "cfg/config.json"),
+               "--tokenizer", str(tmp_path / "tok"), "-o", str(out), "--eval",
+               str(tmp_path / "heldout.txt"), "--epochs", "3", "--lr", "5e-3",
+               "--batch-tokens", "256", "--threads", "1", "--no-progress", "--resume"])
+    said = capsys.readouterr().out
+    assert rc == 0 and "nan" not in said and "nothing left to train" in said, said
     scorer = loglik.Scorer.from_pretrained(str(out))
     scores = scorer.score_many([("", doc) for doc in HELDOUT])
     assert math.fsum(s.logprob for s in scores) == pytest.approx(held[-1], abs=1e-6)
@@ -277,3 +285,24 @@ def test_checkpoints_without_a_plan_version_resume_in_their_own_order():
     legacy = [b.indices for b in plan_batches([row_length(e) for e in encoded], 16).batches]
     random.Random(5 * 1_000_003 + 2).shuffle(legacy)
     assert plan_epoch(encoded, 16, seed=5, epoch=2, version=1) == legacy
+
+
+def test_interrupt_names_the_checkpoint_to_resume_from(tmp_path, monkeypatch, capsys):
+    import loglik.trainer
+
+    out = tmp_path / "out"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loglik.trainer, "train", interrupted)
+    argv = ["train", "data.jsonl", "--model", "m", "-o", str(out)]
+    assert main(argv) == 130
+    assert "before the first checkpoint" in capsys.readouterr().err
+    for step in ("step-00000004", "step-00000008"):
+        (out / "checkpoints" / step).mkdir(parents=True)
+        (out / "checkpoints" / step / loglik.trainer.STATE_FILE).write_bytes(b"")
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"loglik: interrupted; the newest checkpoint is {out}/checkpoints/"
+                   "step-00000008 (after step 8); rerun with --resume to continue from it")

@@ -27,56 +27,14 @@ tokenized with its special tokens, the contents without.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import ConfigError, InputError, TokenizationError
+from .errors import ConfigError, TokenizationError
 from .types import Encoded, Example
 
-ROLES = ("system", "user", "assistant", "tool", "developer")
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
-
-
-def messages_field(record: Mapping[str, Any], name: str, *, source: str | None = None,
-                   line: int | None = None) -> tuple[dict[str, Any], ...]:
-    """``record[name]`` as a conversation; an InputError says which message is wrong."""
-    value = record[name]
-    if isinstance(value, str):   # a CSV cell or a Parquet string column holding JSON
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise InputError(f'field "{name}" must be a list of messages '
-                             '[{"role": ..., "content": ...}], got a string that is not JSON',
-                             source=source, line=line, field=name) from None
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if not isinstance(value, (list, tuple)) or not value:
-        raise InputError(f'field "{name}" must be a non-empty list of messages '
-                         '[{"role": ..., "content": ...}]', source=source, line=line,
-                         field=name)
-    out = []
-    for i, msg in enumerate(value):
-        where = f'field "{name}" message {i}'
-        if not isinstance(msg, Mapping):
-            raise InputError(f"{where} must be an object with role and content, got "
-                             f"{type(msg).__name__}", source=source, line=line, field=name)
-        role, content = msg.get("role"), msg.get("content")
-        if role not in ROLES:
-            raise InputError(f"{where}: role must be one of {', '.join(ROLES)}, got "
-                             f"{json.dumps(role, default=str)[:40]}", source=source, line=line,
-                             field=name)
-        if not isinstance(content, str):
-            raise InputError(f"{where}: content must be a string, got "
-                             f"{'null' if content is None else type(content).__name__}",
-                             source=source, line=line, field=name)
-        out.append(dict(msg))
-    if not any(m["role"] == "assistant" for m in out):
-        raise InputError(f'field "{name}" has no assistant message to score (roles: '
-                         f'{", ".join(m["role"] for m in out)})', source=source, line=line,
-                         field=name)
-    return tuple(out)
 
 
 def assistant_turns(messages: Sequence[Mapping[str, Any]], turns: str) -> list[int]:
@@ -129,7 +87,7 @@ class ChatRenderer:
         Without special-token strings in the contents, one tokenizer call (as
         ``apply_chat_template(tokenize=True)``). Otherwise the rendering is cut at those
         strings; each piece is tokenized as the continuation of the ones before it (the
-        check of :meth:`loglik.tokenize.Encoder._split_response`), the strings as text.
+        check of :meth:`loglik.tokenize.Encoder.continuation_ids`), the strings as text.
         """
         cuts = self._injected(text, messages)
         if not cuts:
@@ -148,7 +106,7 @@ class ChatRenderer:
                 if not ids:
                     ids = enc.tok.encode_batch([text[a:b]])[0]
                 else:
-                    ids += enc._split_response(self.special.decode(ids), ids, text[a:b], ex)
+                    ids += enc.continuation_ids(self.special.decode(ids), ids, text[a:b], ex)
         bos = self.encoder.tok.bos_token_id
         if self.encoder.add_bos and (not ids or ids[0] != bos):
             ids = [bos, *ids]
@@ -196,7 +154,7 @@ class ChatRenderer:
             splitter = Encoder(self.special, EncodeOptions(parse_special=True))
             head = self.special.decode(a_ids)
             boundary = "chat_split"
-            span = splitter._split_response(head, a_ids, through[len(before):], ex)
+            span = splitter.continuation_ids(head, a_ids, through[len(before):], ex)
         else:
             raise TokenizationError(
                 f"the chat template renders message {k} so that the conversation before it "
@@ -213,7 +171,7 @@ class ChatRenderer:
         head = self.encoder.tok.decode(a_ids)
         full = self.encoder.tok.decode(a_ids + span)
         text = full[len(head):] if full.startswith(head) else self.encoder.tok.decode(span)
-        context, dropped = self.encoder._fit(ex, a_ids, span)
+        context, dropped = self.encoder.fit_context(ex, a_ids, span)
         return Encoded(tuple(context), tuple(span), text, boundary, dropped)  # type: ignore
 
     def _check_generation_mask(self, messages: Sequence[Mapping[str, Any]], b_ids: list[int],
@@ -279,9 +237,9 @@ class ChatRenderer:
 
 def encode_chat(encoder: Any, ex: Example) -> Encoded:
     """Encode a conversation example: one span, or (``turns="all"``) one part per turn."""
-    renderer = getattr(encoder, "_chat_renderer", None)
+    renderer = encoder.chat_renderer
     if renderer is None:
-        renderer = encoder._chat_renderer = ChatRenderer(encoder)
+        renderer = encoder.chat_renderer = ChatRenderer(encoder)
     parts = tuple(renderer.encode_turn(ex, k)
                   for k in assistant_turns(ex.messages or (), encoder.options.turns))
     if encoder.options.turns == "last":

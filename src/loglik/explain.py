@@ -162,23 +162,6 @@ class Explanation:
                    boundary=self.boundary, tokens=[r.to_dict() for r in self.rows])
         return out
 
-    def table(self) -> Any:
-        """A :class:`rich.table.Table` of the rows (print it with a rich Console)."""
-        from rich.table import Table
-
-        caption = f"log Pr(response | prompt) = {self.logprob:.4f} nats"
-        t = Table(title=f"{len(self.rows)} response tokens (boundary: {self.boundary})",
-                  caption=caption, show_lines=False)
-        for name in ("pos", "token", "log p", "p", "cumulative", "rank", "entropy"):
-            t.add_column(name, justify="left" if name == "token" else "right")
-        t.add_column("top alternatives")
-        for r in self.rows:
-            alts = "  ".join(f"{a.token} {a.prob:.2f}" for a in r.top)
-            t.add_row(str(r.position), r.token, f"{r.logprob:.4f}", f"{r.prob:.3f}",
-                      f"{r.cumulative:.4f}", "" if r.rank is None else str(r.rank),
-                      "" if r.entropy is None else f"{r.entropy:.3f}", alts)
-        return t
-
 
 def from_score(score: Score, tokenizer: Any = None, *, prompt: str | None = None,
                response: str | None = None) -> Explanation:

@@ -40,8 +40,9 @@ from typing import Any, Literal
 
 import torch
 
+from .backends.hf.adapter import last_hidden, logit_transform
 from .errors import ConfigError
-from .logprobs import CHUNK_BYTES, shift
+from .logprobs import chunk_rows, shift
 
 IGNORE = -100
 Reduction = Literal["sum", "token_mean", "sequence_mean"]
@@ -119,11 +120,10 @@ def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
 
     body = model.base_model if model.base_model is not model else None
     head = model.get_output_embeddings()
-    transform = _logit_transform(model.config)
+    transform = logit_transform(model.config)
     if body is not None and isinstance(head, torch.nn.Linear) and transform is None:
         out = body(input_ids=ids, attention_mask=mask, use_cache=False)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        h, _ = shift(hidden, targets)                                      # (B, T-1, H)
+        h, _ = shift(last_hidden(out), targets)                                      # (B, T-1, H)
         h = h[rows, cols]                                                  # (N, H)
         weight, bias = head.weight, head.bias
         if not torch.is_grad_enabled():   # no backward will come: skip computing gradients
@@ -158,13 +158,7 @@ def _scale(reduction: str, rows: torch.Tensor, num_items: int | torch.Tensor | N
 
 
 def _chunk(chunk_size: int | None, vocab_size: int) -> int:
-    return chunk_size or max(16, CHUNK_BYTES // (4 * max(vocab_size, 1)))
-
-
-def _logit_transform(config: Any):
-    from .backends.hf import _logit_transform as transform_of
-
-    return transform_of(config)
+    return chunk_size or chunk_rows(vocab_size)
 
 
 class FusedLinearNLL(torch.autograd.Function):

@@ -24,7 +24,7 @@ import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .data import Fields, iter_records, read_examples, string_field
+from .data import Fields, expand_inputs, read_documents, read_examples
 from .errors import InputError
 from .plan import plan_batches
 from .tokenize import Encoder
@@ -36,7 +36,10 @@ WINDOW = 1024
 
 def is_text_input(path: str, text_field: str | None) -> bool:
     """Plain text when a text field is named or the file ends in ``.txt``."""
-    return text_field is not None or Path(path).suffix.lower() == ".txt"
+    if text_field is not None or Path(path).suffix.lower() == ".txt":
+        return True
+    shards = expand_inputs(path)                     # a folder of .txt files
+    return all(s.lower().endswith(".txt") for s in shards)
 
 
 def load_examples(path: str, encoder: Encoder, *, text_field: str | None = None,
@@ -63,38 +66,8 @@ def _encode_all(examples: Iterator[Example], encoder: Encoder) -> list[Encoded]:
 
 def iter_documents(path: str, *, text_field: str | None = None, fmt: str | None = None
                    ) -> Iterator[Example]:
-    """Documents of a text input as ``Example("", document)`` (file and line kept)."""
-    if text_field is None:
-        yield from _txt_documents(path)
-        return
-    for line, record in iter_records(path, fmt):
-        text = string_field(record, text_field, hint="; pass --text-field NAME",
-                            source=path, line=line)
-        if text:
-            yield Example("", text, source=path, line=line)
-
-
-def _txt_documents(path: str) -> Iterator[Example]:
-    try:
-        handle = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("no such file", source=path) from None
-    lines: list[str] = []
-    start = 1
-    with handle:
-        try:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    if not lines:
-                        start = number
-                    lines.append(line)
-                elif lines:
-                    yield Example("", "".join(lines).rstrip("\n"), source=path, line=start)
-                    lines = []
-        except UnicodeDecodeError:
-            raise InputError("not valid UTF-8; re-encode the file as UTF-8", source=path) from None
-    if lines:
-        yield Example("", "".join(lines).rstrip("\n"), source=path, line=start)
+    """Non-empty documents of a text input (file, folder or glob) as ``Example("", text)``."""
+    return (d for d in read_documents(path, text_field=text_field, fmt=fmt) if d.response)
 
 
 def load_text(path: str, encoder: Encoder, *, text_field: str | None = None,

@@ -117,7 +117,7 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     """
     import torch
 
-    from .backends.hf import _context_length
+    from .backends.hf import context_length
     from .objective import collate, response_nll
     from .progress import Progress
     from .tokenize import EncodeOptions, Encoder
@@ -142,7 +142,7 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
                           revision=revision)
     encode = EncodeOptions(bos=bos, score_eos=score_eos, whitespace=whitespace,
                            truncate=truncate)
-    encoder = Encoder(tok, encode, max_length=_context_length(net.config))
+    encoder = Encoder(tok, encode, max_length=context_length(net.config))
     read = dict(text_field=text_field, fields=fields, fmt=format, block_size=block_size)
     train_set = _nonempty(load_examples(data, encoder, **read), data)
     eval_set = (_nonempty(load_examples(eval_data, encoder, **read), eval_data)
@@ -289,17 +289,16 @@ def lr_factor(step: int, warmup: float, total: int, min_ratio: float) -> float:
 def evaluate(model: Any, tokenizer: Any, encoded: list[Encoded], encode: Any,
              batch_tokens: int) -> dict[str, Any]:
     """Score ``encoded`` with the scorer (what ``loglik score`` prints): totals and means."""
+    from .metrics import corpus_stats
     from .scorer import Scorer
 
     scorer = Scorer.from_hf(model, tokenizer, bos=encode.bos, score_eos=encode.score_eos,
                             whitespace=encode.whitespace, truncate=encode.truncate,
                             batch_tokens=batch_tokens)
-    scores = scorer.score_encoded(encoded)
-    logprob = math.fsum(s.logprob for s in scores)
-    tokens = sum(s.num_tokens for s in scores)
-    mean = logprob / tokens if tokens else math.nan
-    return {"logprob": logprob, "num_examples": len(scores), "num_tokens": tokens,
-            "logprob_mean": mean, "perplexity": math.exp(-mean) if tokens else math.nan}
+    stats = corpus_stats(scorer.score_encoded(encoded))
+    return {"logprob": stats.total_logprob, "num_examples": stats.num_examples,
+            "num_tokens": stats.num_tokens, "logprob_per_token": stats.logprob_per_token,
+            "perplexity": stats.perplexity}
 
 
 def load_model(model: Any, *, tokenizer: Any = None, device: str = "cpu",
@@ -446,8 +445,19 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     for name in ("train", "eval"):
         if name in record:
             r = record[name]
-            parts.append(f"{name} logprob {r['logprob']:.2f} ({r['logprob_mean']:.4f}/token, "
+            parts.append(f"{name} logprob {r['logprob']:.2f} ({r['logprob_per_token']:.4f}/token, "
                          f"ppl {r['perplexity']:.3f})")
     if not math.isnan(record.get("tokens_per_s", math.nan)):
         parts.append(f"{record['tokens_per_s']:.0f} tokens/s")
     return "  ".join(parts)
+
+
+def interrupted_message(output_dir: str) -> str:
+    """What an interrupted run left in ``output_dir``: its newest checkpoint, if any."""
+    latest = _latest_checkpoint(Path(output_dir) / "checkpoints")
+    if latest is None:
+        return (f"interrupted before the first checkpoint; {output_dir} has nothing to resume "
+                "from (checkpoints come after every epoch, or every --save-every steps): "
+                "rerun without --resume")
+    return (f"interrupted; the newest checkpoint is {latest} (after step "
+            f"{int(latest.name.split('-', 1)[1])}); rerun with --resume to continue from it")

@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..data import iter_records, record_to_example
+from ..data import read_records, record_to_example
 from ..errors import InputError, LoglikError
 from ..types import Encoded, Request
 from .result import CheckResult, RecordResult
@@ -42,19 +42,19 @@ LN2, LN10 = math.log(2), math.log(10)
 
 def read_check_file(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(0-based line, record) for each record; validates the fields a record must have."""
-    for line, record in iter_records(path, "jsonl"):
-        record_to_example(record, source=path, line=line)     # prompt/response present
+    for source, line, record in read_records(path, "jsonl"):
+        record_to_example(record, source=source, line=line)   # prompt/response present
         tl, lp = record.get("token_logprobs"), record.get("logprob")
         if tl is None and lp is None:
             raise InputError('needs "token_logprobs" (per response token) and/or "logprob" '
                              f"(their sum); fields present: {', '.join(record)}",
-                             source=path, line=line)
+                             source=source, line=line)
         if tl is not None and not (isinstance(tl, list) and all(
                 isinstance(v, (int, float)) for v in tl)):
-            raise InputError('"token_logprobs" must be a list of numbers', source=path,
+            raise InputError('"token_logprobs" must be a list of numbers', source=source,
                              line=line, field="token_logprobs")
         if lp is not None and not isinstance(lp, (int, float)):
-            raise InputError('"logprob" must be a number', source=path, line=line,
+            raise InputError('"logprob" must be a number', source=source, line=line,
                              field="logprob")
         yield line - 1, record
 

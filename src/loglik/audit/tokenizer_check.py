@@ -15,14 +15,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..backends.base import TORCH_MODEL, supports
 from ..errors import LoglikError
 from ..types import Encoded, Example
 from .result import CheckResult
 
 
+def _model(scorer: Any) -> Any | None:
+    return scorer.backend.model if supports(scorer.backend, TORCH_MODEL) else None
+
+
 def embedding_rows(scorer: Any) -> int:
     """How many token ids the model can embed (its input embedding rows)."""
-    model = getattr(scorer.backend, "model", None)
+    model = _model(scorer)
     if model is not None and hasattr(model, "get_input_embeddings"):
         emb = model.get_input_embeddings()
         if emb is not None and hasattr(emb, "weight"):
@@ -70,7 +75,7 @@ def check_tokenizer(scorer: Any, examples: Sequence[Example],
     for name, tid in special.items():
         if tid is not None and not 0 <= tid < rows:
             problems.append(f"{name} token id {tid} is outside the model's {rows} embeddings")
-    config = getattr(getattr(scorer.backend, "model", None), "config", None)
+    config = getattr(_model(scorer), "config", None)
     used = {"bos": scorer.encoder.add_bos, "eos": scorer.options.score_eos}
     for name in ("bos", "eos"):
         ours, theirs = special[name], getattr(config, f"{name}_token_id", None)

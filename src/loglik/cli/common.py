@@ -58,6 +58,19 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                    help="input format (default: from the file name; '-' is JSONL)")
 
 
+def add_view_options(p: argparse.ArgumentParser, *, progress: bool = False) -> None:
+    p.add_argument("--wide", action="store_true",
+                   help="every column of the tables, however narrow the terminal (default: "
+                   "the columns that fit; files and pipes get every column)")
+    if progress:
+        add_progress_option(p)
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress on stderr (default: when stderr is a terminal)")
+
+
 def fields_from_args(args: argparse.Namespace):
     from ..data import Fields
 
@@ -92,7 +105,9 @@ def read_chat_template(path: str | None) -> str | None:
 
 
 def scorer_from_args(args: argparse.Namespace, model: str | None = None):
+    from ..hub import check_model_source
     from ..scorer import Scorer
 
-    return Scorer.from_pretrained(model if model is not None else args.model,
-                                  **scorer_kwargs(args))
+    model = model if model is not None else args.model
+    check_model_source(model, revision=args.revision)
+    return Scorer.from_pretrained(model, **scorer_kwargs(args))

@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "with a config and no weights) to pre-train from scratch")
     p.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="tokenizer folder (needed with a config that has none beside it)")
-    p.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR")
+    p.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR",
+                   help="where the final model, log.jsonl and checkpoints/ go")
     p.add_argument("--eval", dest="eval_data", default=None, metavar="DATA",
                    help="held-out data of the same kind, scored after every epoch")
     p.add_argument("--text-field", default=None,
@@ -31,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, default=None,
                    help="plain text: response tokens per block (default: the model's context "
                    "minus one, at most 1024)")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=1, help="passes over the training data")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
     p.add_argument("--batch-tokens", type=int, default=8192,
                    help="padded tokens per micro-batch (default 8192)")
@@ -40,14 +41,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="warmup: a fraction of all steps (< 1) or a number of steps")
     p.add_argument("--min-lr-ratio", type=float, default=0.1,
                    help="the cosine schedule ends at lr x this")
-    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=0.01,
+                   help="AdamW weight decay (not applied to biases and norms)")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm (0: off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights (pre-training) and the batch order")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="fp32, or bf16 autocast (weights stay fp32)")
     p.add_argument("--save-every", type=int, default=0,
                    help="also checkpoint every N steps (default: after every epoch only)")
-    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--keep-checkpoints", type=int, default=2,
+                   help="newest checkpoints kept in OUT_DIR/checkpoints")
     p.add_argument("--log-every", type=int, default=10, help="log a step record every N steps")
     p.add_argument("--eval-every", type=int, default=0,
                    help="also score the --eval data every N steps (default: after every epoch "
@@ -71,13 +75,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..trainer import train
+    import math
+
+    from ..trainer import interrupted_message, train
     from .common import fields_from_args
 
-    result = train(
+    try:
+        result = _train(train, args, fields_from_args(args))
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted_message(args.output_dir)) from None
+    if math.isnan(result.tokens_per_s):    # --resume of a finished run: nothing was trained
+        print(f"nothing left to train: {result.output_dir} already has all {args.epochs} "
+              f"epochs ({result.steps} steps); the model is there (log: "
+              f"{result.output_dir}/log.jsonl)")
+    else:
+        print(f"trained {result.steps} steps at {result.tokens_per_s:.0f} tokens/s; model "
+              f"saved to {result.output_dir} (log: {result.output_dir}/log.jsonl)")
+    return 0
+
+
+def _train(train, args: argparse.Namespace, fields):
+    return train(
         args.data, model=args.model, output_dir=args.output_dir, eval_data=args.eval_data,
         tokenizer=args.tokenizer, text_field=args.text_field, block_size=args.block_size,
-        fields=fields_from_args(args), format=args.format, bos=args.bos,
+        fields=fields, format=args.format, bos=args.bos,
         score_eos=args.score_eos, whitespace=args.whitespace, truncate=args.truncate,
         resume=args.resume, device=args.device, threads=args.threads,
         trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
@@ -87,6 +108,3 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, precision=args.precision, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
         eval_every=args.eval_every, eval_train=args.eval_train)
-    print(f"trained {result.steps} steps at {result.tokens_per_s:.0f} tokens/s; model saved "
-          f"to {result.output_dir} (log: {result.output_dir}/log.jsonl)")
-    return 0
