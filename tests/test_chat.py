@@ -58,6 +58,7 @@ def test_every_turn_matches_the_float64_reference(chat_setup):
         assert part.response_ids[-1] in tok.all_special_ids
         assert part.context_ids.count(tok.bos_token_id) <= 1 or style != "llama2"
     assert s.logprob == pytest.approx(total, abs=1e-9) and start == s.num_tokens
+    assert "".join(s.token_texts) == "".join(p.response_text for p in encoded.parts)
     last = Scorer.from_hf(model, tok).score_many([{"messages": CONV}])[0]
     assert last.logprob == pytest.approx(s.extra["turns"][-1]["logprob"], abs=1e-4)
     assert "turns" not in last.extra

@@ -279,7 +279,8 @@ def score_turns(scorer: Any, encoded: Sequence[Encoded], examples: Sequence[Exam
             id=example_id, truncated_tokens=max(t.truncated_tokens for t in turns),
             token_ranks=_joined(turns, "token_ranks"),
             token_entropies=_joined(turns, "token_entropies"),
-            token_top=_joined(turns, "token_top"))
+            token_top=_joined(turns, "token_top"),
+            token_texts=[x for t in turns for x in t.token_texts])
         total.extra["turns"] = [
             {"index": k, "logprob": t.logprob, "num_tokens": t.num_tokens,
              "num_bytes": t.num_bytes, "num_chars": t.num_chars, "greedy": t.greedy,
