@@ -24,6 +24,19 @@ def add_model_options(p: argparse.ArgumentParser, *, multiple: bool = False) -> 
                    help="padded tokens per forward pass (default 2048 on CPU, 8192 on GPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice, usually all cores)")
+    add_server_options(p)
+
+
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    """--model http://HOST:PORT/v1: score through an OpenAI-compatible server."""
+    p.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID",
+                   help="with --model http://...: the model's tokenizer (loglik tokenizes)")
+    p.add_argument("--served-model", default=None, metavar="NAME",
+                   help="with --model http://...: the model name the server serves")
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="with --model http://...: requests in flight (default 8)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="with --model http://...: seconds per request (default 60)")
 
 
 def add_encode_options(p: argparse.ArgumentParser) -> None:
@@ -62,5 +75,14 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def scorer_from_args(args: argparse.Namespace, model: str | None = None):
     from ..scorer import Scorer
 
+    target = model if model is not None else args.model
+    if isinstance(target, str) and target.startswith(("http://", "https://")):
+        return Scorer.from_server(target, tokenizer=getattr(args, "tokenizer", None),
+                                  model=getattr(args, "served_model", None),
+                                  concurrency=getattr(args, "concurrency", 8),
+                                  timeout=getattr(args, "timeout", 60.0),
+                                  batch_tokens=args.batch_tokens, bos=args.bos,
+                                  score_eos=args.score_eos, whitespace=args.whitespace,
+                                  truncate=args.truncate)
     return Scorer.from_pretrained(model if model is not None else args.model,
                                   **scorer_kwargs(args))
