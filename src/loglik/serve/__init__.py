@@ -7,7 +7,8 @@
 * :mod:`~loglik.serve.completions` — the OpenAI completions contract (echo, logprobs, generation);
 * :mod:`~loglik.serve.batcher` — concurrent requests coalesced into the scorer's batches;
 * :mod:`~loglik.serve.metrics` — Prometheus counters and histograms;
-* :mod:`~loglik.serve.config` — the limits (:class:`ServeConfig`).
+* :mod:`~loglik.serve.config` — the limits (:class:`ServeConfig`);
+* :mod:`~loglik.serve.background` — the server in a thread (:class:`BackgroundServer`).
 
 Example:
     >>> from loglik.serve import run
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .background import BackgroundServer, free_port
 from .config import MAX_TOP_LOGPROBS, ServeConfig
 
 
@@ -41,4 +43,4 @@ def run(scorer: Any, *, host: str = "127.0.0.1", port: int = 8000,
                 timeout_graceful_shutdown=graceful_timeout_s)
 
 
-__all__ = ["MAX_TOP_LOGPROBS", "ServeConfig", "create_app", "run"]
+__all__ = ["MAX_TOP_LOGPROBS", "BackgroundServer", "ServeConfig", "create_app", "free_port", "run"]
