@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -48,7 +49,10 @@ class ServerError(BackendError):
 
 
 class Client:
-    """JSON over HTTP with retries: connection errors, 429 and 5xx back off and try again."""
+    """JSON over HTTP with retries: connection errors, 429 and 5xx back off and try again.
+
+    The bearer key is ``api_key``, else the ``OPENAI_API_KEY`` environment variable, if set.
+    """
 
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 60.0,
                  retries: int = 3, backoff: float = 0.5) -> None:
@@ -58,6 +62,7 @@ class Client:
             raise ConfigError("timeout must be > 0 and retries >= 0")
         self.base = base_url.rstrip("/")
         self.headers = {"Content-Type": "application/json"}
+        api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
