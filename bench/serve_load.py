@@ -13,12 +13,15 @@ latency percentiles, the server's mean coalesced batch size.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,15 +39,26 @@ def make_pairs(n: int) -> list[dict]:
     return pairs
 
 
+_local = threading.local()
+
+
 def post(url: str, body: dict, timeout: float = 120.0) -> tuple[int, dict | list, float]:
-    req = urllib.request.Request(url, json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
+    """POST JSON on this thread's keep-alive connection (as the openai SDK and lm-eval do)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = getattr(_local, "conn", None)
+    if conn is None:
+        conn = _local.conn = http.client.HTTPConnection(parts.hostname, parts.port,
+                                                        timeout=timeout)
     start = time.perf_counter()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read()), time.perf_counter() - start
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}"), time.perf_counter() - start
+        conn.request("POST", parts.path, json.dumps(body).encode(),
+                     {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}"), time.perf_counter() - start
+    except (OSError, http.client.HTTPException) as exc:
+        _local.conn = None
+        conn.close()
+        return 0, {"error": repr(exc)}, time.perf_counter() - start
 
 
 def drive(url: str, pairs: list[dict], clients: int, per_request: int) -> dict:
