@@ -1,4 +1,4 @@
-"""loglik audit --engine: loglik serve passes; each deliberately wrong engine is caught and named."""
+"""loglik audit --engine: loglik serve passes; each wrong engine is caught and named."""
 
 from __future__ import annotations
 

@@ -33,7 +33,6 @@ from .metrics import Metrics
 from .schemas import APIError, CompletionRequest, ScoreRequest, parse_tokenize
 
 log = logging.getLogger("loglik.serve")
-Handler = Callable[[Any], Awaitable[Any]]
 
 
 class Server:
@@ -81,7 +80,7 @@ class Server:
             for i, p in enumerate(prompts):
                 new = await self.batcher.call(   # type: ignore[union-attr]
                     lambda ids=p.ids: generate(self.scorer.backend, ids, req, eos))
-                stopped = bool(new) and new[-1] == eos and len(new) < req.max_tokens
+                stopped = bool(new) and new[-1] == eos   # EOS ends it and is not returned
                 if stopped:
                     new = new[:-1]
                 new, texts[i], hit = apply_stop(self.scorer.tokenizer, new, req.stop)

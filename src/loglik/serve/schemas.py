@@ -183,7 +183,8 @@ class ScoreRequest:
 
 
 def parse_tokenize(body: Any) -> tuple[str | None, list[dict[str, str]] | None, bool]:
-    """``POST /tokenize``: ``{"prompt": str}`` or ``{"messages": [...]}``, ``add_special_tokens``."""
+    """``POST /tokenize``: ``{"prompt": str}`` or ``{"messages": [...]}``; ``add_special_tokens``
+    (default true) applies the server's BOS policy to text."""
     body = _require_object(body, "/tokenize")
     special = _bool(body, "add_special_tokens", True)
     if "messages" in body:
