@@ -33,7 +33,8 @@ def make_pairs(n: int) -> list[dict]:
     for i in range(n):
         words = lines[i % len(lines)].split()
         cut = 1 + (i // len(lines)) % (len(words) - 1)
-        pairs.append({"id": i, "prompt": " ".join(words[:cut]),
+        # A distinct prompt per pair: no prompt shared across pairs for offline to reuse.
+        pairs.append({"id": i, "prompt": f"Record {i}: " + " ".join(words[:cut]),
                       "response": " " + " ".join(words[cut:])})
     return pairs
 
