@@ -115,6 +115,20 @@ def test_generation_greedy_matches_argmax(server, tiny_llama):
     assert choice["finish_reason"] == "length"
 
 
+def test_generation_stops_at_a_stop_string(server, sp_tokenizer):
+    body = {"prompt": [1, 40, 50, 60], "max_tokens": 8, "temperature": 0}
+    _, free, _ = post(server.url + "/v1/completions", body)
+    text = free["choices"][0]["text"]
+    stop = text[len(text) // 2:][:2] if len(text) > 2 else None
+    if not stop or not stop.strip():
+        pytest.skip(f"greedy text {text!r} has no usable stop string")
+    _, cut, _ = post(server.url + "/v1/completions", {**body, "stop": stop, "logprobs": 0})
+    choice = cut["choices"][0]
+    assert choice["text"] == text[:text.find(stop)] and choice["finish_reason"] == "stop"
+    assert len(choice["logprobs"]["tokens"]) == cut["usage"]["completion_tokens"] <= 8
+    assert choice["logprobs"]["text_offset"][0] == 0
+
+
 def test_score_endpoint_equals_loglik_score_records(server, llama_scorer):
     pairs = [{"prompt": "The capital of France is", "response": " Paris.", "id": "a"},
              {"prompt": "The capital of France is ", "response": "Rome."},
@@ -140,6 +154,11 @@ def test_score_endpoint_equals_loglik_score_records(server, llama_scorer):
     ({"prompt": "x", "stream": True}, 422, "stream"),
     ({"prompt": [[1] * 400, [1] * 400], "max_tokens": 0}, 413, "prompt"),
     ([1, 2], 422, None),
+    ({"prompt": "x", "logprobs": True}, 422, "logprobs"),
+    ({"prompt": "x", "stop": [1]}, 422, "stop"),
+    ({"prompt": "x", "n": 2}, 422, "n"),
+    ({"prompt": [[1, 2], [True]]}, 422, "prompt"),
+    ({"prompt": "x " * 100, "max_tokens": 200}, 422, "prompt"),   # > the 256 context
 ])
 def test_completions_bad_requests_are_json_4xx(server, body, status, param):
     code, out, _ = post(server.url + "/v1/completions", body)
