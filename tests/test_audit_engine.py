@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))   # wrong_engine.py, the test's own server
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
@@ -34,7 +33,7 @@ def test_loglik_serve_passes_every_check(llama_scorer):
     ("temperature", "sampling", "temperature_applied"),
 ])
 def test_wrong_engines_are_caught_and_named(tiny_llama, llama_scorer, flaw, check, diagnosis):
-    from wrong_engine import wrong_app
+    from .wrong_engine import wrong_app
 
     from loglik.audit.engine import audit_engine
     from loglik.serve import BackgroundServer
@@ -55,7 +54,7 @@ def test_wrong_engines_are_caught_and_named(tiny_llama, llama_scorer, flaw, chec
 
 
 def test_a_correct_engine_passes(tiny_llama, llama_scorer):
-    from wrong_engine import wrong_app
+    from .wrong_engine import wrong_app
 
     from loglik.audit.engine import audit_engine
     from loglik.serve import BackgroundServer
@@ -67,7 +66,7 @@ def test_a_correct_engine_passes(tiny_llama, llama_scorer):
 
 def test_cli_audit_engine_json(tiny_model_dir, tiny_llama):
     """One process: the command exits 1 and its JSON names the flaw."""
-    from wrong_engine import wrong_app
+    from .wrong_engine import wrong_app
 
     from loglik.serve import BackgroundServer
 

@@ -13,7 +13,6 @@ import urllib.request
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))   # wrong_engine.py, the test's own server
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
@@ -61,7 +60,7 @@ def test_text_mode_aligns_by_offsets(served, llama_scorer, sp_tokenizer):
 
 
 def test_refuses_an_echo_that_does_not_match(tiny_llama, sp_tokenizer):
-    from wrong_engine import wrong_app
+    from .wrong_engine import wrong_app
 
     from loglik import BackendError, Scorer
     from loglik.serve import BackgroundServer

@@ -16,7 +16,7 @@ from .errors import (BackendError, ConfigError, ContextLengthError, InputError, 
 from .scorer import Scorer
 from .types import Detail, Encoded, Example, Request, Score, TokenResult
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # Entry points that live in heavier modules, imported on first use: name -> "module:attr".
 _LAZY: dict[str, str] = {

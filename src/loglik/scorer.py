@@ -8,15 +8,19 @@ It composes the stages of shared/DESIGN.md — :mod:`loglik.data` (examples),
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from .backends.base import Backend, check_results
+from .backends.base import (PACKED_ROWS, SHARED_CONTEXT, Backend, PackedScoring, check_results,
+                            supports)
 from .data import Fields, to_examples
+from .default_model import default_model_path
 from .errors import ConfigError, LoglikError
+from .explain import explain as explain_pair
+from .longtext import score_text as score_long_text
 from .plan import default_batch_tokens, plan_batches, plan_packed
-from .tokenize import EncodeOptions, Encoder, as_text_tokenizer
+from .tokenize import EncodeOptions, Encoder, as_text_tokenizer, token_texts
 from .types import Detail, Encoded, Example, Request, Score, TokenResult
 
 
@@ -35,9 +39,10 @@ class Scorer:
             accelerator: :func:`loglik.plan.default_batch_tokens`).
         window: examples tokenized and planned together when streaming.
         share_context: requests whose contexts are the same token ids read the context once
-            (a tree-shaped mask), when the backend can (``backend.packing``).
+            (a tree row or a reused KV cache), when the backend declares ``shared_context``.
         pack: put several short examples side by side in one row (block-diagonal mask,
-            positions restarting per example) instead of padding, when the backend can.
+            positions restarting per example) instead of padding, when the backend declares
+            ``packed_rows`` (:mod:`loglik.backends.base`).
 
     Example:
         >>> scorer = Scorer.from_pretrained("path/to/model")        # doctest: +SKIP
@@ -64,6 +69,8 @@ class Scorer:
         self.share_context = share_context
         self.pack = pack
         self.last_plan: Any = None   # the plan of the last run_requests (padding, sharing)
+        # called with the number of requests each finished batch answered (progress bars)
+        self.on_batch: Callable[[int], None] | None = None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -71,13 +78,18 @@ class Scorer:
                         device: str = "cpu", trust_remote_code: bool = False,
                         allow_pickle: bool = False, revision: str | None = None,
                         chunk_size: int | None = None, max_length: int | None = None,
-                        threads: int | None = None, **options: Any) -> Scorer:
+                        threads: int | None = None, adapter: str | None = None,
+                        bos: str = "auto", score_eos: bool = False, whitespace: str = "move",
+                        truncate: str = "error", batch_tokens: int | None = None,
+                        window: int = 1024, share_context: bool = True, pack: bool = True
+                        ) -> Scorer:
         """Load a Hugging Face causal LM (local folder or hub id; None = the default model).
 
         ``threads`` sets torch's intra-op CPU threads for the process (default: torch's own).
+        ``adapter``: a LoRA adapter folder (``loglik train --lora``), merged into the model.
+        The options after it are the :class:`Scorer`'s.
         """
-        from .backends.hf import load_hf
-        from .default_model import default_model_path
+        from .backends.hf import HFBackend, load_hf, verdicts   # torch: only when loading
 
         if threads is not None:
             if threads < 1:
@@ -87,20 +99,38 @@ class Scorer:
 
             torch.set_num_threads(threads)
 
-        hf_model, tokenizer = load_hf(model or default_model_path(), dtype=dtype, device=device,
+        name = model or default_model_path()
+        hf_model, tokenizer = load_hf(name, dtype=dtype, device=device,
                                       trust_remote_code=trust_remote_code,
                                       allow_pickle=allow_pickle, revision=revision)
-        return cls.from_hf(hf_model, tokenizer, chunk_size=chunk_size, max_length=max_length,
-                           **options)
+        if adapter is not None:
+            from .train_lora import apply_adapter
+
+            hf_model = apply_adapter(hf_model, adapter)
+        # The load-time self-checks' verdicts are remembered per model folder (and code).
+        key = verdicts.folder_key(name, dtype=dtype, device=device) if adapter is None else None
+        known = verdicts.load(key)
+        backend = HFBackend(hf_model, chunk_size=chunk_size, max_length=max_length,
+                            verdicts=known)
+        if known is None:
+            verdicts.save(key, backend.verdicts)
+        return cls(backend, tokenizer, bos=bos, score_eos=score_eos, whitespace=whitespace,
+                   truncate=truncate, batch_tokens=batch_tokens, window=window,
+                   share_context=share_context, pack=pack)
 
     @classmethod
     def from_hf(cls, model: Any, tokenizer: Any, *, chunk_size: int | None = None,
-                max_length: int | None = None, **options: Any) -> Scorer:
+                max_length: int | None = None, bos: str = "auto", score_eos: bool = False,
+                whitespace: str = "move", truncate: str = "error",
+                batch_tokens: int | None = None, window: int = 1024,
+                share_context: bool = True, pack: bool = True) -> Scorer:
         """Wrap a ``transformers`` model and tokenizer the caller already loaded."""
         from .backends.hf import HFBackend
 
         return cls(HFBackend(model, chunk_size=chunk_size, max_length=max_length), tokenizer,
-                   **options)
+                   bos=bos, score_eos=score_eos, whitespace=whitespace, truncate=truncate,
+                   batch_tokens=batch_tokens, window=window, share_context=share_context,
+                   pack=pack)
 
     @classmethod
     def from_server(cls, url: str, *, tokenizer: Any, model: str | None = None,
@@ -140,9 +170,7 @@ class Scorer:
 
     def explain(self, prompt: str, response: str, *, top_k: int = 5) -> Any:
         """The per-token decomposition of one pair (:class:`loglik.explain.Explanation`)."""
-        from .explain import explain
-
-        return explain(self, prompt, response, top_k=top_k)
+        return explain_pair(self, prompt, response, top_k=top_k)
 
     def score_text(self, text: str, *, stride: int | None = None, max_length: int | None = None,
                    rank: bool = False, entropy: bool = False, top_k: int = 0) -> Score:
@@ -151,10 +179,8 @@ class Scorer:
         Each token is scored once, with ``max_length - stride + 1`` tokens of left context;
         ``extra["num_windows"]`` says how many windows were run.
         """
-        from .longtext import score_text
-
-        return score_text(self, text, stride=stride, max_length=max_length, rank=rank,
-                          entropy=entropy, top_k=top_k)
+        return score_long_text(self, text, stride=stride, max_length=max_length, rank=rank,
+                               entropy=entropy, top_k=top_k)
 
     def score_many(self, examples: Iterable[Any], *, fields: Fields = Fields(),
                    rank: bool = False, entropy: bool = False, top_k: int = 0) -> list[Score]:
@@ -203,19 +229,21 @@ class Scorer:
         requests = [Request(e.context_ids, e.response_ids) for e in encoded]
         results = self.run_requests(requests, detail)
         ids = [ex.id for ex in examples] if examples is not None else [None] * len(encoded)
-        return [self._to_score(e, r, i) for e, r, i in zip(encoded, results, ids)]
+        return [self.to_score(e, r, i) for e, r, i in zip(encoded, results, ids)]
 
     def run_requests(self, requests: Sequence[Request], detail: Detail = Detail()
                      ) -> list[TokenResult]:
         """Plan token-budget batches and run them through the backend, in request order.
 
-        With a backend that takes packed rows (``backend.packing``), requests sharing a
+        With a backend that declares ``shared_context`` / ``packed_rows``, requests sharing a
         context read it once and short requests share rows (:func:`loglik.plan.plan_packed`);
         otherwise rows are plain length-sorted batches (:func:`loglik.plan.plan_batches`).
         """
+        share = self.share_context and supports(self.backend, SHARED_CONTEXT)
+        pack = self.pack and supports(self.backend, PACKED_ROWS)
+        if share or pack:
+            return self._run_packed(requests, detail, share=share, pack=pack)
         results: list[TokenResult | None] = [None] * len(requests)
-        if getattr(self.backend, "packing", False) and (self.share_context or self.pack):
-            return self._run_packed(requests, detail)
         lengths = [len(r.context_ids) + len(r.target_ids) - 1 if r.target_ids else 0
                    for r in requests]
         plan = plan_batches(lengths, self.batch_tokens)
@@ -226,16 +254,27 @@ class Scorer:
             check_results(batch_requests, out)
             for i, res in zip(batch.indices, out):
                 results[i] = res
-        for i, res in enumerate(results):
-            if res is None:   # empty response: nothing to forward
-                results[i] = TokenResult.empty(detail)
+            self._batch_done(len(out))
+        return self._fill_empty(results, detail)
+
+    def _batch_done(self, n: int) -> None:
+        if self.on_batch is not None and n:
+            self.on_batch(n)
+
+    def _fill_empty(self, results: list[TokenResult | None], detail: Detail
+                    ) -> list[TokenResult]:
+        empty = [i for i, res in enumerate(results) if res is None]
+        for i in empty:   # empty response: nothing to forward
+            results[i] = TokenResult.empty(detail)
+        self._batch_done(len(empty))
         return results  # type: ignore[return-value]
 
-    def _run_packed(self, requests: Sequence[Request], detail: Detail) -> list[TokenResult]:
+    def _run_packed(self, requests: Sequence[Request], detail: Detail, *, share: bool,
+                    pack: bool) -> list[TokenResult]:
         results: list[TokenResult | None] = [None] * len(requests)
         plan = plan_packed([r.context_ids for r in requests],
                            [len(r.target_ids) for r in requests], self.batch_tokens,
-                           share=self.share_context, pack=self.pack)
+                           share=share, pack=pack)
         self.last_plan = plan
         for batch in plan.batches:
             if batch.simple:   # one request per row: the backend's plain padded rows
@@ -245,17 +284,17 @@ class Scorer:
                 check_results(batch_requests, out)
                 results_of = dict(zip(idx, out))
             else:
-                results_of = self.backend.score_packed(batch, requests, detail,
-                                                       batch_tokens=self.batch_tokens)
+                packed: PackedScoring = self.backend  # type: ignore[assignment]
+                results_of = packed.score_packed(batch, requests, detail,
+                                                 batch_tokens=self.batch_tokens)
                 check_results([requests[i] for i in results_of], list(results_of.values()))
             for i, res in results_of.items():
                 results[i] = res
-        for i, res in enumerate(results):
-            if res is None:   # empty response: nothing to forward
-                results[i] = TokenResult.empty(detail)
-        return results  # type: ignore[return-value]
+            self._batch_done(len(results_of))
+        return self._fill_empty(results, detail)
 
-    def _to_score(self, enc: Encoded, res: TokenResult, example_id: Any) -> Score:
+    def to_score(self, enc: Encoded, res: TokenResult, example_id: Any = None) -> Score:
+        """The :class:`Score` of an encoded example from the backend's result for it."""
         ids = list(enc.response_ids)
         tokens = self.tokenizer.convert_ids_to_tokens(ids) if ids else []
         top = None
@@ -268,4 +307,5 @@ class Scorer:
             num_tokens=len(ids), num_bytes=len(enc.response_text.encode("utf-8")),
             num_chars=len(enc.response_text), boundary=enc.boundary, id=example_id,
             truncated_tokens=enc.truncated_tokens, token_ranks=res.ranks,
-            token_entropies=res.entropies, token_top=top)
+            token_entropies=res.entropies, token_top=top,
+            token_texts=token_texts(self.tokenizer, enc))

@@ -1,7 +1,10 @@
 """Text to token ids, owning the BOS and prompt/response boundary rules (shared/DESIGN.md).
 
-Boundary: trailing whitespace of the prompt moves to the front of the response
-(``whitespace="move"``, the usual convention; ``"keep"`` leaves the texts alone). The prompt
+Boundary: trailing whitespace of the prompt moves to the front of a non-empty response
+(``whitespace="move"``, the usual convention; ``"keep"`` leaves the texts alone). An empty
+response stays empty whatever the policy: it scores 0.0 with 0 tokens. The scored text (the
+response after the move, ``Encoded.response_text``) is what ``Score.num_bytes`` and
+``Score.num_chars`` count: ``("The capital is ", "Paris")`` scores ``" Paris"``, 6 bytes. The prompt
 is tokenized alone and together with the response. When the prompt's tokens are a prefix of
 the joint tokens, the response tokens are the rest (``boundary="joint"``, canonical). When
 the tokenizer merged across the boundary, the context is the prompt's own tokens and the
@@ -65,7 +68,10 @@ class HFTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self.hf(list(texts), add_special_tokens=False)["input_ids"]
+        # verbose=False: no "longer than the maximum sequence length ... indexing errors"
+        # warning. Every caller handles the length itself: the Encoder checks the model's
+        # context (error or --truncate left), longtext cuts windows, train_data cuts blocks.
+        return self.hf(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False,
@@ -104,11 +110,18 @@ class EncodeOptions:
 
 
 def move_whitespace(prompt: str, response: str) -> tuple[str, str]:
-    """Move the prompt's trailing whitespace to the front of the response.
+    """Move the prompt's trailing whitespace to the front of a non-empty response.
+
+    An empty response stays empty (and the prompt keeps its whitespace): moving must never
+    turn "nothing" into a scored space.
 
     >>> move_whitespace("The capital of France is ", "Paris")
     ('The capital of France is', ' Paris')
+    >>> move_whitespace("x = ", "")
+    ('x = ', '')
     """
+    if not response:
+        return prompt, response
     stripped = prompt.rstrip()
     return stripped, prompt[len(stripped):] + response
 
@@ -221,3 +234,102 @@ class Encoder:
             raise ContextLengthError(f"example {why}; {fix}", **where)
         dropped = len(context) - keep_bos - room
         return context[:keep_bos] + context[keep_bos + dropped:], dropped
+
+
+def token_texts(tok: TextTokenizer, enc: Encoded) -> list[str]:
+    """Each response token's piece of the scored text; the pieces concatenate to
+    ``enc.response_text`` exactly.
+
+    A token's piece is the characters its bytes complete (``Ġ`` and ``▁`` become the spaces
+    they stand for). A token that ends inside a UTF-8 character (byte-level BPE and
+    byte-fallback tokens split emoji and CJK characters) completes none: its piece is ``""``
+    and the token that completes the character carries all of it. A scored EOS is ``""`` (it
+    is not part of the text). Tokenizers whose tokens are not bytes (neither byte-level nor
+    ``▁``/byte-fallback) get each token's decoded text after a few tokens of context.
+
+    Example (GPT-2 byte-level BPE; the emoji is split over two tokens)::
+
+        " 🦜 ok" as 'ĠðŁ', '¦', 'ľ', 'Ġok'  ->  [' ', '', '🦜', ' ok']
+    """
+    import codecs
+
+    text, ids = enc.response_text, list(enc.response_ids)
+    scored = ids[:-1] if enc.eos_scored else ids
+    tail = [""] if enc.eos_scored else []
+    if not scored:
+        return tail
+    raw = _token_bytes(tok, scored)
+    if raw is not None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pieces = [decoder.decode(b) for b in raw]
+        pieces[-1] += decoder.decode(b"", final=True)
+        extra = len("".join(pieces)) - len(text)
+        if extra > 0 and pieces[0][:extra].isspace():   # SentencePiece's prefix space on a
+            pieces[0] = pieces[0][extra:]               # text that starts the document
+        if "".join(pieces) == text:
+            return pieces + tail
+    return _pieces_by_decoding(tok, list(enc.context_ids), scored, text) + tail
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte, inverted (char -> byte)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def _token_bytes(tok: TextTokenizer, ids: list[int]) -> list[bytes] | None:
+    """The UTF-8 bytes each token stands for, when the tokenizer's tokens are bytes."""
+    hf = getattr(tok, "hf", None)
+    backend = getattr(hf, "backend_tokenizer", None)
+    decoder = str(getattr(backend, "decoder", "")) if backend is not None else ""
+    pieces = tok.convert_ids_to_tokens(ids)
+    if "ByteLevel" in decoder:
+        alphabet = _byte_level_alphabet()
+        if not all(c in alphabet for p in pieces for c in p):
+            return None
+        return [bytes(alphabet[c] for c in p) for p in pieces]
+    if "ByteFallback" in decoder or "Metaspace" in decoder:
+        return [bytes([int(p[3:5], 16)]) if len(p) == 6 and p.startswith("<0x") and
+                p.endswith(">") else p.replace("\u2581", " ").encode("utf-8") for p in pieces]
+    return None
+
+
+#: tokens of left context decoded with each token (spacing rules depend on the neighbour)
+_PIECE_CONTEXT = 8
+
+
+def _pieces_by_decoding(tok: TextTokenizer, context: list[int], scored: list[int],
+                        text: str) -> list[str]:
+    """Fallback: the text each token adds when decoded after a few tokens of context."""
+    seq = context[-_PIECE_CONTEXT:] + scored
+    first = len(seq) - len(scored)
+    windows = []
+    for k in range(first, len(seq)):
+        a = max(0, k - _PIECE_CONTEXT)
+        windows += [seq[a:k], seq[a:k + 1]]
+    decoded = _decode_each(tok, windows)
+    pieces, at = [], 0
+    for j in range(len(scored)):
+        before, after = decoded[2 * j].rstrip("\ufffd"), decoded[2 * j + 1].rstrip("\ufffd")
+        end = min(len(text), at + max(0, len(after) - len(before)))
+        if j == len(scored) - 1:
+            end = len(text)               # whatever the tokenizer's quirks, the pieces add up
+        pieces.append(text[at:end])
+        at = end
+    return pieces
+
+
+def _decode_each(tok: TextTokenizer, seqs: list[list[int]]) -> list[str]:
+    hf = getattr(tok, "hf", None)
+    if hf is not None:   # one call into the Rust tokenizer
+        return hf.batch_decode(seqs, skip_special_tokens=False,
+                               clean_up_tokenization_spaces=False)
+    return [tok.decode(s) for s in seqs]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_data_options, add_encode_options, add_model_options, fields_from_args
+from .common import (add_data_options, add_encode_options, add_model_options,
+                     add_progress_option, fields_from_args)
 
 CHECKS = ("kv_cache", "invariance", "normalisation", "tokenizer")   # = loglik.audit.CHECKS
 ENGINE_CHECKS = ("alignment", "agreement", "normalisation", "sampling", "batch_invariance",
@@ -39,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--atol", type=float, default=1e-3,
                    help="tolerance per token (nats) for --check records (default 1e-3)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    add_progress_option(p)
     add_data_options(p)
     add_model_options(p)
     add_encode_options(p)
@@ -48,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..audit import audit
     from ..data import read_examples
+    from ..progress import Progress
     from .common import scorer_from_args
 
     default = ENGINE_CHECKS if args.engine else CHECKS
@@ -64,10 +67,22 @@ def run(args: argparse.Namespace) -> int:
                               atol=args.engine_atol, engine_dtype=args.engine_dtype,
                               timeout=args.timeout, fields=fields)
     else:
-        report = audit(scorer, examples, check_file=args.check, checks=checks,
-                       max_examples=args.max_examples, atol=args.atol, fields=fields)
+        total = len(checks) + (_count_lines(args.check) if args.check is not None else 0)
+        with Progress("auditing", total=total, enabled=args.progress) as bar:
+            report = audit(scorer, examples, check_file=args.check, checks=checks,
+                           max_examples=args.max_examples, atol=args.atol, fields=fields,
+                           progress=bar.advance)
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, default=str))
     else:
         report.print()
     return 0 if report.passed else 1
+
+
+def _count_lines(path: str) -> int:
+    """Non-blank lines of a --check file: its records, for the progress total."""
+    try:
+        with open(path, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError:
+        return 0          # the check itself reports the unreadable file

@@ -13,6 +13,9 @@ def add_model_options(p: argparse.ArgumentParser, *, multiple: bool = False) -> 
     else:
         p.add_argument("--model", default=None, metavar="PATH_OR_ID",
                        help="model folder or Hugging Face id (default: the embedded model)")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter folder ('loglik train --lora' output) applied to "
+                   "--model (its base model)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, auto")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     p.add_argument("--revision", default=None, help="model revision on the hub")
@@ -58,6 +61,19 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                    help="input format (default: from the file name; '-' is JSONL)")
 
 
+def add_view_options(p: argparse.ArgumentParser, *, progress: bool = False) -> None:
+    p.add_argument("--wide", action="store_true",
+                   help="every column of the tables, however narrow the terminal (default: "
+                   "the columns that fit; files and pipes get every column)")
+    if progress:
+        add_progress_option(p)
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress on stderr (default: when stderr is a terminal)")
+
+
 def fields_from_args(args: argparse.Namespace):
     from ..data import Fields
 
@@ -69,20 +85,26 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
                 batch_tokens=args.batch_tokens, bos=args.bos, score_eos=args.score_eos,
                 whitespace=args.whitespace, truncate=args.truncate,
-                threads=getattr(args, "threads", None))
+                threads=getattr(args, "threads", None), adapter=getattr(args, "adapter", None))
+
+
+def is_server_url(model: Any) -> bool:
+    """--model http://HOST:PORT/v1 names an OpenAI-compatible server, not weights."""
+    return isinstance(model, str) and model.startswith(("http://", "https://"))
 
 
 def scorer_from_args(args: argparse.Namespace, model: str | None = None):
+    from ..hub import check_model_source
     from ..scorer import Scorer
 
-    target = model if model is not None else args.model
-    if isinstance(target, str) and target.startswith(("http://", "https://")):
-        return Scorer.from_server(target, tokenizer=getattr(args, "tokenizer", None),
+    model = model if model is not None else args.model
+    if is_server_url(model):
+        return Scorer.from_server(model, tokenizer=getattr(args, "tokenizer", None),
                                   model=getattr(args, "served_model", None),
                                   concurrency=getattr(args, "concurrency", 8),
                                   timeout=getattr(args, "timeout", 60.0),
                                   batch_tokens=args.batch_tokens, bos=args.bos,
                                   score_eos=args.score_eos, whitespace=args.whitespace,
                                   truncate=args.truncate)
-    return Scorer.from_pretrained(model if model is not None else args.model,
-                                  **scorer_kwargs(args))
+    check_model_source(model, revision=args.revision)
+    return Scorer.from_pretrained(model, **scorer_kwargs(args))

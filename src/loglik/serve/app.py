@@ -125,7 +125,7 @@ class Server:
         detail = Detail(rank=req.rank, entropy=req.entropy, top_k=req.top_k)
         results = await self.batcher.score(   # type: ignore[union-attr]
             [Request(e.context_ids, e.response_ids) for e in encoded], detail)
-        return [self.scorer._to_score(e, r, ex.id).to_record()   # the `loglik score` record
+        return [self.scorer.to_score(e, r, ex.id).to_record()   # the `loglik score` record
                 for e, r, ex in zip(encoded, results, examples)]
 
     async def tokenize(self, body: Any) -> dict[str, Any]:
