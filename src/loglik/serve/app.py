@@ -115,7 +115,7 @@ class Server:
         examples = [Example(p, r, id=i, source=None, line=n + 1)
                     for n, (p, r, i) in enumerate(req.pairs)]
         encoded = self.scorer.encoder.encode_many(examples)
-        total = sum(e.length for e in encoded)
+        total = sum(len(e.context_ids) + len(e.response_ids) for e in encoded)
         if total > self.config.max_request_tokens:
             raise APIError(413, f"pairs: {total} tokens exceed this server's limit of "
                            f"{self.config.max_request_tokens} per request; send fewer pairs",
