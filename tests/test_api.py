@@ -13,11 +13,11 @@ import loglik
 # The public surface, spelled out: adding or removing a name is a deliberate change here.
 EXPORTED = [
     "AuditReport", "BackendError", "Comparison", "ConfigError", "ContextLengthError", "Detail",
-    "Encoded", "Example", "Explanation", "Fields", "InputError", "LoglikError",
+    "Encoded", "Example", "Explanation", "FailedRecord", "Fields", "InputError", "LoglikError",
     "MissingExtraError", "ModelLoadError", "Request", "Score", "Scorer", "TokenResult",
     "TokenizationError", "TrainingError", "choose", "compare", "conditional_nll",
-    "corpus_perplexity", "corpus_stats", "read_examples", "score_on_ray", "train",
-    "word_logprobs",
+    "corpus_perplexity", "corpus_stats", "iter_scores_with_words", "read_examples",
+    "score_on_ray", "train", "word_logprobs",
 ]
 
 

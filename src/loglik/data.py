@@ -1,5 +1,8 @@
 """Input records (JSONL, CSV, Parquet, stdin, Python objects) to :class:`Example`.
 
+A record holds ``prompt``/``response`` text, or ``prompt_ids``/``response_ids`` (token ids,
+scored as given), or ``messages`` (a conversation, :mod:`loglik.chat`).
+
 Readers stream: they never hold a file in memory. Every error names the file, the line (or
 row) and the field, and says how to fix it.
 """
@@ -28,6 +31,9 @@ class Fields:
     prompt: str = "prompt"
     response: str = "response"
     id: str = "id"
+    prompt_ids: str = "prompt_ids"
+    response_ids: str = "response_ids"
+    messages: str = "messages"
 
 
 def detect_format(path: str) -> str:
@@ -178,9 +184,46 @@ def string_field(record: Mapping[str, Any], name: str, *, hint: str = "",
     return value
 
 
+def ids_field(record: Mapping[str, Any], name: str, *, source: str | None = None,
+              line: int | None = None) -> tuple[int, ...]:
+    """``record[name]`` as token ids: a list of non-negative integers; else an InputError."""
+    if name not in record:
+        raise InputError(f'missing field "{name}" (fields present: {", ".join(record)}); '
+                         "token-id records need both prompt_ids and response_ids",
+                         source=source, line=line, field=name)
+    value = record[name]
+    if hasattr(value, "tolist"):   # a numpy array from Parquet
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        kind = "null" if value is None else type(value).__name__
+        raise InputError(f'field "{name}" must be a list of token ids, got {kind}',
+                         source=source, line=line, field=name)
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise InputError(f'field "{name}" item {i} must be a non-negative integer token id, '
+                             f"got {json.dumps(v, default=str)[:40]}",
+                             source=source, line=line, field=name)
+    return tuple(value)
+
+
 def record_to_example(record: Mapping[str, Any], fields: Fields = Fields(), *,
                       source: str | None = None, line: int | None = None) -> Example:
-    """Validate one record's fields and build an :class:`Example`."""
+    """Validate one record's fields and build an :class:`Example`.
+
+    A record with ``prompt_ids``/``response_ids`` (and no prompt text) is scored from its
+    token ids; one with ``messages`` (and no prompt text) is a conversation.
+    """
+    if fields.prompt not in record:
+        if fields.prompt_ids in record or fields.response_ids in record:
+            return Example("", "", id=record.get(fields.id), source=source, line=line,
+                           prompt_ids=ids_field(record, fields.prompt_ids, source=source,
+                                                line=line),
+                           response_ids=ids_field(record, fields.response_ids, source=source,
+                                                  line=line))
+        if fields.messages in record:
+            return Example("", "", id=record.get(fields.id), source=source, line=line,
+                           messages=messages_field(record, fields.messages, source=source,
+                                                   line=line))
     values = []
     for name, flag in ((fields.prompt, "--prompt-field"), (fields.response, "--response-field")):
         other = [f for f in record if f not in (fields.prompt, fields.response, fields.id)]
@@ -299,3 +342,46 @@ def to_examples(items: Iterable[Any], fields: Fields = Fields()) -> Iterator[Exa
         else:
             raise InputError(f"expected a (prompt, response) pair, a dict or an Example, got "
                              f"{type(item).__name__}", source="<python>", line=n)
+
+
+ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
+def messages_field(record: Mapping[str, Any], name: str, *, source: str | None = None,
+                   line: int | None = None) -> tuple[dict[str, Any], ...]:
+    """``record[name]`` as a conversation; an InputError says which message is wrong."""
+    value = record[name]
+    if isinstance(value, str):   # a CSV cell or a Parquet string column holding JSON
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise InputError(f'field "{name}" must be a list of messages '
+                             '[{"role": ..., "content": ...}], got a string that is not JSON',
+                             source=source, line=line, field=name) from None
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not value:
+        raise InputError(f'field "{name}" must be a non-empty list of messages '
+                         '[{"role": ..., "content": ...}]', source=source, line=line,
+                         field=name)
+    out = []
+    for i, msg in enumerate(value):
+        where = f'field "{name}" message {i}'
+        if not isinstance(msg, Mapping):
+            raise InputError(f"{where} must be an object with role and content, got "
+                             f"{type(msg).__name__}", source=source, line=line, field=name)
+        role, content = msg.get("role"), msg.get("content")
+        if role not in ROLES:
+            raise InputError(f"{where}: role must be one of {', '.join(ROLES)}, got "
+                             f"{json.dumps(role, default=str)[:40]}", source=source, line=line,
+                             field=name)
+        if not isinstance(content, str):
+            raise InputError(f"{where}: content must be a string, got "
+                             f"{'null' if content is None else type(content).__name__}",
+                             source=source, line=line, field=name)
+        out.append(dict(msg))
+    if not any(m["role"] == "assistant" for m in out):
+        raise InputError(f'field "{name}" has no assistant message to score (roles: '
+                         f'{", ".join(m["role"] for m in out)})', source=source, line=line,
+                         field=name)
+    return tuple(out)

@@ -280,3 +280,39 @@ def word_logprobs(scorer: Scorer, examples: Iterable[Any]) -> list[list[Word]]:
                               before, after))
         out.append(words)
     return out
+
+
+def word_records(words: Iterable[Word], *, bits: bool = False) -> list[dict[str, Any]]:
+    """The ``words`` field of an output record: text, corrected and plain sums, token count.
+
+    In nats (``logprob``, ``logprob_uncorrected``), or in bits with ``bits`` (the same names
+    with ``_bits``: ``logprob_bits``, ``logprob_uncorrected_bits``).
+    """
+    unit, suffix = (1 / LN2, "_bits") if bits else (1.0, "")
+    return [{"text": w.text, f"logprob{suffix}": w.logprob * unit,
+             f"logprob_uncorrected{suffix}": w.logprob_uncorrected * unit,
+             "num_tokens": w.token_end - w.token_start} for w in words]
+
+
+def iter_scores_with_words(scorer: Any, examples: Iterable[Any], *, bits: bool = False,
+                           **options: Any) -> Iterable[Any]:
+    """``scorer.iter_scores`` with ``extra["words"]`` (:func:`word_records`) on every score.
+
+    The words need full next-token distributions, so each window of examples is run a
+    second time through :func:`word_logprobs`; a failed record (``on_error="record"``) gets
+    no words. ``options`` go to ``iter_scores``.
+    """
+    from itertools import islice
+
+    from .data import Fields, to_examples
+
+    stream = to_examples(examples, options.pop("fields", Fields()))
+    while True:
+        chunk = list(islice(stream, scorer.window))
+        scores = list(scorer.iter_scores(chunk, **options))
+        ok = [i for i, s in enumerate(scores) if isinstance(s, Score)]
+        for i, words in zip(ok, word_logprobs(scorer, [chunk[i] for i in ok])):
+            scores[i].extra["words"] = word_records(words, bits=bits)
+        yield from scores
+        if len(chunk) < scorer.window:
+            return

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .data import Fields, detect_format, expand_inputs, read_documents, read_examples
 from .errors import ConfigError, InputError
 from .io import check_output, is_parquet_path, open_output
-from .types import Example, Score
+from .types import Example, FailedRecord, Score
 
 if TYPE_CHECKING:
     from .metrics import CorpusStats
@@ -43,12 +43,14 @@ class FileRun:
     """What :func:`score_file` did.
 
     ``records_kept`` were in the output before (``resume``), ``records_written`` were scored
-    now; ``totals`` pools the whole output (kept records too).
+    now, ``records_failed`` of them as ``{"id", "error"}`` (``on_error="record"``);
+    ``totals`` pools the whole output (kept records too).
     """
 
     output: str | None
     records_kept: int = 0
     records_written: int = 0
+    records_failed: int = 0
     totals: CorpusStats | None = None
 
     @property
@@ -101,7 +103,8 @@ def score_file(inputs: str, output: str | None = "-", *, resume: bool = False,
                top_k: int = 0, part_rows: int = 8192, html: str | None = None,
                progress: bool | None = None, scorer: Scorer | str | None = None,
                scorer_options: Mapping[str, Any] | None = None,
-               on_score: Callable[[Score], None] | None = None) -> FileRun:
+               on_score: Callable[[Score], None] | None = None, words: bool = False,
+               bits: bool = False, on_error: str = "stop") -> FileRun:
     """Score every record of ``inputs`` and write one output record per input record, in order.
 
     Args:
@@ -119,6 +122,10 @@ def score_file(inputs: str, output: str | None = "-", *, resume: bool = False,
         scorer: a :class:`~loglik.Scorer`, or a model folder / hub id loaded with
             ``scorer_options`` (None: the embedded default model).
         on_score: called with each new :class:`Score` after it is written.
+        words, bits: add ``words`` (per-word log-probs, :func:`loglik.metrics.word_records`)
+            to each record, in nats or bits (a second pass over each window).
+        on_error: ``"stop"`` at a record that cannot be encoded, or ``"record"`` it as
+            ``{"id", "error"}`` and go on (``records_failed`` counts them).
 
     Returns:
         A :class:`FileRun`: records kept and written, and with ``text_field`` the corpus
@@ -134,6 +141,9 @@ def score_file(inputs: str, output: str | None = "-", *, resume: bool = False,
         >>> run.records_written                                                  # doctest: +SKIP
         6
     """
+    if words and text_field:
+        raise ConfigError("--words scores the response of prompt/response records; it does "
+                          "not go with --text-field")
     if (stride is not None or max_length is not None) and not text_field:
         raise ConfigError("--stride and --max-length apply to documents; pass --text-field")
     check_output(output, resume=resume)
@@ -169,7 +179,8 @@ def score_file(inputs: str, output: str | None = "-", *, resume: bool = False,
                                        max_length=max_length, rank=rank, entropy=entropy,
                                        top_k=top_k, html=html, progress=progress,
                                        total=count_records(inputs, format), on_score=on_score,
-                                       model_name=model_name)
+                                       model_name=model_name, words=words, bits=bits,
+                                       on_error=on_error)
     except KeyboardInterrupt:
         if writer is not None:
             writer.close()
@@ -218,7 +229,8 @@ def _write_scores(scorer: Scorer, examples: Iterator[Example], writer: Any, run:
                   restart: int, done: int, text_field: str | None, stride: int | None,
                   max_length: int | None, rank: bool, entropy: bool, top_k: int,
                   html: str | None, progress: bool | None, total: int | None,
-                  on_score: Callable[[Score], None] | None, model_name: str | None
+                  on_score: Callable[[Score], None] | None, model_name: str | None,
+                  words: bool = False, bits: bool = False, on_error: str = "stop"
                   ) -> CorpusStats | None:
     from .metrics import CorpusTotals
     from .progress import Progress
@@ -239,7 +251,13 @@ def _write_scores(scorer: Scorer, examples: Iterator[Example], writer: Any, run:
                                       rank=rank, entropy=entropy, top_k=top_k)
         else:              # a pair is one request: count them as each batch finishes
             bar.advance(restart)
-            scores = scorer.iter_scores(examples, rank=rank, entropy=entropy, top_k=top_k)
+            options = dict(rank=rank, entropy=entropy, top_k=top_k, on_error=on_error)
+            if words:
+                from .metrics import iter_scores_with_words
+
+                scores = iter_scores_with_words(scorer, examples, bits=bits, **options)
+            else:
+                scores = scorer.iter_scores(examples, **options)
         saved_hook = scorer.on_batch
         if not text_field:
             scorer.on_batch = bar.advance
@@ -252,6 +270,9 @@ def _write_scores(scorer: Scorer, examples: Iterator[Example], writer: Any, run:
                 if writer is not None:
                     writer.write(score.to_record())
                 run.records_written += 1
+                if isinstance(score, FailedRecord):
+                    run.records_failed += 1
+                    continue
                 if totals is not None:
                     totals.add(score)
                 if text_field:

@@ -21,7 +21,7 @@ from .explain import explain as explain_pair
 from .longtext import score_text as score_long_text
 from .plan import default_batch_tokens, plan_batches, plan_packed
 from .tokenize import EncodeOptions, Encoder, as_text_tokenizer, token_texts
-from .types import Detail, Encoded, Example, Request, Score, TokenResult
+from .types import Detail, Encoded, Example, FailedRecord, Request, Score, TokenResult
 
 
 class Scorer:
@@ -43,6 +43,12 @@ class Scorer:
         pack: put several short examples side by side in one row (block-diagonal mask,
             positions restarting per example) instead of padding, when the backend declares
             ``packed_rows`` (:mod:`loglik.backends.base`).
+        parse_special: special-token strings in the text (``</s>``, ``<|endoftext|>``) become
+            control tokens; by default they are tokenized as the characters the user typed.
+        turns: conversations (``messages`` records, :mod:`loglik.chat`): score the
+            ``"last"`` assistant message or ``"all"`` of them (``extra["turns"]``).
+        end_of_turn: conversations: the span includes the template's end-of-turn tokens.
+        chat_template: conversations: a Jinja chat template instead of the tokenizer's.
 
     Example:
         >>> scorer = Scorer.from_pretrained("path/to/model")        # doctest: +SKIP
@@ -54,15 +60,19 @@ class Scorer:
     def __init__(self, backend: Backend, tokenizer: Any, *, bos: str = "auto",
                  score_eos: bool = False, whitespace: str = "move", truncate: str = "error",
                  batch_tokens: int | None = None, window: int = 1024,
-                 share_context: bool = True, pack: bool = True) -> None:
+                 share_context: bool = True, pack: bool = True,
+                 parse_special: bool = False, turns: str = "last", end_of_turn: bool = True,
+                 chat_template: str | None = None) -> None:
         if batch_tokens is None:
             batch_tokens = default_batch_tokens(backend)
         if batch_tokens < 1 or window < 1:
             raise ConfigError("batch_tokens and window must be positive")
         self.backend = backend
-        self.tokenizer = as_text_tokenizer(tokenizer)
+        self.tokenizer = as_text_tokenizer(tokenizer, parse_special=parse_special)
         self.options = EncodeOptions(bos=bos, score_eos=score_eos, whitespace=whitespace,
-                                     truncate=truncate)
+                                     truncate=truncate, parse_special=parse_special,
+                                     turns=turns, end_of_turn=end_of_turn,  # type: ignore
+                                     chat_template=chat_template)
         self.encoder = Encoder(self.tokenizer, self.options, backend.max_length)
         self.batch_tokens = batch_tokens
         self.window = window
@@ -81,13 +91,15 @@ class Scorer:
                         threads: int | None = None, adapter: str | None = None,
                         bos: str = "auto", score_eos: bool = False, whitespace: str = "move",
                         truncate: str = "error", batch_tokens: int | None = None,
-                        window: int = 1024, share_context: bool = True, pack: bool = True
-                        ) -> Scorer:
+                        window: int = 1024, share_context: bool = True, pack: bool = True,
+                        parse_special: bool = False, turns: str = "last",
+                        end_of_turn: bool = True, chat_template: str | None = None) -> Scorer:
         """Load a Hugging Face causal LM (local folder or hub id; None = the default model).
 
-        ``threads`` sets torch's intra-op CPU threads for the process (default: torch's own).
-        ``adapter``: a LoRA adapter folder (``loglik train --lora``), merged into the model.
-        The options after it are the :class:`Scorer`'s.
+        A folder whose config says ``is_encoder_decoder`` (T5, BART) loads as
+        :meth:`from_seq2seq`. ``threads`` sets torch's intra-op CPU threads for the process
+        (default: torch's own). ``adapter``: a LoRA adapter folder (``loglik train --lora``),
+        merged into the model. The options after it are the :class:`Scorer`'s.
         """
         from .backends.hf import HFBackend, load_hf, verdicts   # torch: only when loading
 
@@ -99,6 +111,19 @@ class Scorer:
 
             torch.set_num_threads(threads)
 
+        options = dict(bos=bos, score_eos=score_eos, whitespace=whitespace, truncate=truncate,
+                       batch_tokens=batch_tokens, window=window, share_context=share_context,
+                       pack=pack, parse_special=parse_special, turns=turns,
+                       end_of_turn=end_of_turn, chat_template=chat_template)
+        if model is not None:
+            from .backends.seq2seq import is_encoder_decoder, load_seq2seq
+
+            if is_encoder_decoder(model, revision=revision, trust_remote_code=trust_remote_code):
+                s2s, tok = load_seq2seq(model, dtype=dtype, device=device,
+                                        trust_remote_code=trust_remote_code,
+                                        allow_pickle=allow_pickle, revision=revision)
+                return cls.from_seq2seq(s2s, tok, chunk_size=chunk_size, max_length=max_length,
+                                        **options)  # type: ignore[arg-type]
         name = model or default_model_path()
         hf_model, tokenizer = load_hf(name, dtype=dtype, device=device,
                                       trust_remote_code=trust_remote_code,
@@ -114,23 +139,47 @@ class Scorer:
                             verdicts=known)
         if known is None:
             verdicts.save(key, backend.verdicts)
-        return cls(backend, tokenizer, bos=bos, score_eos=score_eos, whitespace=whitespace,
-                   truncate=truncate, batch_tokens=batch_tokens, window=window,
-                   share_context=share_context, pack=pack)
+        return cls(backend, tokenizer, **options)  # type: ignore[arg-type]
 
     @classmethod
     def from_hf(cls, model: Any, tokenizer: Any, *, chunk_size: int | None = None,
                 max_length: int | None = None, bos: str = "auto", score_eos: bool = False,
                 whitespace: str = "move", truncate: str = "error",
                 batch_tokens: int | None = None, window: int = 1024,
-                share_context: bool = True, pack: bool = True) -> Scorer:
+                share_context: bool = True, pack: bool = True, parse_special: bool = False,
+                turns: str = "last", end_of_turn: bool = True,
+                chat_template: str | None = None) -> Scorer:
         """Wrap a ``transformers`` model and tokenizer the caller already loaded."""
         from .backends.hf import HFBackend
 
         return cls(HFBackend(model, chunk_size=chunk_size, max_length=max_length), tokenizer,
                    bos=bos, score_eos=score_eos, whitespace=whitespace, truncate=truncate,
                    batch_tokens=batch_tokens, window=window, share_context=share_context,
-                   pack=pack)
+                   pack=pack, parse_special=parse_special, turns=turns, end_of_turn=end_of_turn,
+                   chat_template=chat_template)
+
+    @classmethod
+    def from_seq2seq(cls, model: Any, tokenizer: Any, *, chunk_size: int | None = None,
+                     max_length: int | None = None, bos: str = "auto", score_eos: bool = False,
+                     whitespace: str = "move", truncate: str = "error",
+                     batch_tokens: int | None = None, window: int = 1024,
+                     parse_special: bool = False, **ignored: Any) -> Scorer:
+        """Wrap an encoder-decoder model (T5, BART): prompt to the encoder, response to the
+        decoder (:mod:`loglik.backends.seq2seq`, :mod:`loglik.tokenize_seq2seq`).
+
+        Conversation options (``turns``, ``end_of_turn``, ``chat_template``) and row sharing
+        (``share_context``, ``pack``) do not apply and are accepted for a uniform call.
+        """
+        from .backends.seq2seq import Seq2SeqBackend
+        from .tokenize_seq2seq import Seq2SeqEncoder
+
+        scorer = cls(Seq2SeqBackend(model, chunk_size=chunk_size, max_length=max_length),
+                     tokenizer, bos=bos, score_eos=score_eos, whitespace=whitespace,
+                     truncate=truncate, batch_tokens=batch_tokens, window=window,
+                     parse_special=parse_special)
+        scorer.encoder = Seq2SeqEncoder(scorer.tokenizer, scorer.options,
+                                        scorer.backend.max_length)
+        return scorer
 
     @classmethod
     def from_server(cls, url: str, *, tokenizer: Any, model: str | None = None,
@@ -151,6 +200,23 @@ class Scorer:
         """log Pr(response | prompt) with its per-token terms."""
         return self.score_many([Example(prompt, response, source="<python>", line=1)],
                                rank=rank, entropy=entropy, top_k=top_k)[0]
+
+    def score_ids(self, prompt_ids: Sequence[int], response_ids: Sequence[int], *,
+                  rank: bool = False, entropy: bool = False, top_k: int = 0) -> Score:
+        """log Pr(response_ids | prompt_ids) for token ids as given (``boundary="ids"``).
+
+        No boundary rule and no BOS added unless ``bos="always"``; an empty prompt conditions
+        on BOS. Byte and char counts come from decoding the response ids after the prompt's.
+
+        Example:
+            >>> ids = scorer.tokenizer.encode_batch(["The capital of France is", " Paris"])
+            >>> scorer.score_ids(ids[0], ids[1]).boundary                # doctest: +SKIP
+            'ids'
+        """
+        ex = Example("", "", source="<python>", line=1,
+                     prompt_ids=tuple(int(t) for t in prompt_ids),
+                     response_ids=tuple(int(t) for t in response_ids))
+        return self.score_many([ex], rank=rank, entropy=entropy, top_k=top_k)[0]
 
     def score_choices(self, prompt: str, choices: Sequence[str], *, rank: bool = False,
                       entropy: bool = False, top_k: int = 0) -> list[Score]:
@@ -183,15 +249,24 @@ class Scorer:
                                entropy=entropy, top_k=top_k)
 
     def score_many(self, examples: Iterable[Any], *, fields: Fields = Fields(),
-                   rank: bool = False, entropy: bool = False, top_k: int = 0) -> list[Score]:
-        """Score pairs, dicts or Examples; the list is in input order."""
+                   rank: bool = False, entropy: bool = False, top_k: int = 0,
+                   on_error: str = "stop") -> list[Any]:
+        """Score pairs, dicts or Examples; the list is in input order.
+
+        ``on_error="record"``: a record that cannot be encoded (the tokenizer cannot keep
+        the boundary guarantee, it does not fit the context) becomes a
+        :class:`~loglik.types.FailedRecord` in its place and the rest are scored;
+        ``"stop"`` (default) raises after scoring the records before it.
+        """
         return list(self.iter_scores(examples, fields=fields, rank=rank, entropy=entropy,
-                                     top_k=top_k))
+                                     top_k=top_k, on_error=on_error))
 
     def iter_scores(self, examples: Iterable[Any], *, fields: Fields = Fields(),
-                    rank: bool = False, entropy: bool = False, top_k: int = 0
-                    ) -> Iterator[Score]:
+                    rank: bool = False, entropy: bool = False, top_k: int = 0,
+                    on_error: str = "stop") -> Iterator[Any]:
         """Stream scores in input order, holding at most ``window`` examples at a time."""
+        if on_error not in ("stop", "record"):
+            raise ConfigError(f"on_error must be 'stop' or 'record', got {on_error!r}")
         detail = Detail(rank=rank, entropy=entropy, top_k=top_k)
         stream = to_examples(examples, fields)
         while True:
@@ -205,7 +280,11 @@ class Scorer:
             try:
                 encoded = self.encoder.encode_many(chunk)
             except LoglikError as exc:
-                encoded, error = self._encode_until_error(chunk), exc
+                if on_error == "record":
+                    yield from self._score_recording(chunk, detail)
+                    encoded = []
+                else:
+                    encoded, error = self._encode_until_error(chunk), exc
             if encoded:
                 yield from self.score_encoded(encoded, chunk[:len(encoded)], detail)
             if error is not None:
@@ -223,9 +302,28 @@ class Scorer:
                 break
         return encoded
 
+    def _score_recording(self, chunk: Sequence[Example], detail: Detail
+                         ) -> Iterator[Score | FailedRecord]:
+        """Encode one by one; a failing example becomes a FailedRecord in its place."""
+        items: list[Encoded | FailedRecord] = []
+        for ex in chunk:
+            try:
+                items.append(self.encoder.encode_many([ex])[0])
+            except LoglikError as exc:
+                items.append(FailedRecord(ex.id, str(exc)))
+        good = [i for i, item in enumerate(items) if isinstance(item, Encoded)]
+        scores = iter(self.score_encoded([items[i] for i in good],  # type: ignore[misc]
+                                         [chunk[i] for i in good], detail))
+        for item in items:
+            yield item if isinstance(item, FailedRecord) else next(scores)
+
     def score_encoded(self, encoded: Sequence[Encoded], examples: Sequence[Example] | None = None,
                       detail: Detail = Detail()) -> list[Score]:
         """Score already-encoded examples (batched by the planner)."""
+        if any(e.parts for e in encoded):   # conversations scored turn by turn
+            from .chat import score_turns
+
+            return score_turns(self, encoded, examples, detail)
         requests = [Request(e.context_ids, e.response_ids) for e in encoded]
         results = self.run_requests(requests, detail)
         ids = [ex.id for ex in examples] if examples is not None else [None] * len(encoded)

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Boundary = Literal["joint", "split"]
+Boundary = Literal["joint", "split", "ids", "chat", "chat_split", "seq2seq"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class Example:
     source: str | None = None   # file name, "<stdin>" or "<python>"
     line: int | None = None     # 1-based line/row in ``source``
     extra: dict[str, Any] | None = None  # other fields of the input record, carried through
+    prompt_ids: tuple[int, ...] | None = None    # token ids given instead of text
+    response_ids: tuple[int, ...] | None = None
+    messages: tuple[dict[str, str], ...] | None = None   # a conversation (OpenAI format)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class Encoded:
     boundary: Boundary
     truncated_tokens: int = 0
     eos_scored: bool = False
+    # a conversation scored on every assistant turn: one Encoded per turn (the fields above
+    # are the last turn's) and the turns' message indices
+    parts: tuple[Encoded, ...] | None = None
+    turn_indices: tuple[int, ...] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -171,3 +178,18 @@ class Score:
             rec["token_top"] = [[[t, lp] for t, lp in alts] for alts in self.token_top]
         rec.update(self.extra)
         return rec
+
+
+@dataclass(frozen=True)
+class FailedRecord:
+    """A record that could not be scored, kept in its place (``on_error="record"``).
+
+    ``error`` is the message of the error that stopped it (it names the file and line).
+    """
+
+    id: Any
+    error: str
+
+    def to_record(self) -> dict[str, Any]:
+        """The output line: ``{"id": ..., "error": ...}``."""
+        return {"id": self.id, "error": self.error}

@@ -51,12 +51,25 @@ def add_encode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--truncate", choices=("error", "left"), default="error",
                    help="an example longer than the context: error (default) or drop prompt "
                    "tokens from the left")
+    p.add_argument("--parse-special", action="store_true",
+                   help="special-token strings in the text (</s>, <|endoftext|>) become control "
+                   "tokens (default: they are the characters typed)")
+    p.add_argument("--turns", choices=("last", "all"), default="last",
+                   help="conversations (messages records): score the last assistant message "
+                   "(default) or all of them (turns: [...] in the output)")
+    p.add_argument("--no-end-of-turn", dest="end_of_turn", action="store_false",
+                   help="conversations: score the assistant content only, not the template's "
+                   "end-of-turn tokens")
+    p.add_argument("--chat-template", default=None, metavar="FILE",
+                   help="conversations: a Jinja chat template file instead of the tokenizer's")
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-field", default="prompt", help="field holding the prompt")
     p.add_argument("--response-field", default="response", help="field holding the response")
     p.add_argument("--id-field", default="id", help="field carried through as the record id")
+    p.add_argument("--messages-field", default="messages",
+                   help="field holding a conversation (OpenAI messages) instead of prompt/response")
     p.add_argument("--format", choices=("jsonl", "csv", "parquet"), default=None,
                    help="input format (default: from the file name; '-' is JSONL)")
 
@@ -77,7 +90,8 @@ def add_progress_option(p: argparse.ArgumentParser) -> None:
 def fields_from_args(args: argparse.Namespace):
     from ..data import Fields
 
-    return Fields(prompt=args.prompt_field, response=args.response_field, id=args.id_field)
+    return Fields(prompt=args.prompt_field, response=args.response_field, id=args.id_field,
+                  messages=getattr(args, "messages_field", "messages"))
 
 
 def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,7 +99,25 @@ def scorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
                 batch_tokens=args.batch_tokens, bos=args.bos, score_eos=args.score_eos,
                 whitespace=args.whitespace, truncate=args.truncate,
-                threads=getattr(args, "threads", None), adapter=getattr(args, "adapter", None))
+                threads=getattr(args, "threads", None), adapter=getattr(args, "adapter", None),
+                parse_special=getattr(args, "parse_special", False),
+                turns=getattr(args, "turns", "last"),
+                end_of_turn=getattr(args, "end_of_turn", True),
+                chat_template=read_chat_template(getattr(args, "chat_template", None)))
+
+
+def read_chat_template(path: str | None) -> str | None:
+    """The text of a --chat-template FILE (None for none); an InputError if unreadable."""
+    if path is None:
+        return None
+    from ..errors import InputError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise InputError(f"cannot read the chat template: {exc.strerror}; pass a Jinja "
+                         "template file", source=path, field="--chat-template") from None
 
 
 def is_server_url(model: Any) -> bool:

@@ -53,6 +53,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", default=None, metavar="FILE",
                    help="also write a self-contained HTML report of the first 500 records "
                    "(tokens coloured by log-prob; --rank, --entropy, --top-k add to it)")
+    p.add_argument("--words", action="store_true",
+                   help="add words: [{text, logprob, logprob_uncorrected, num_tokens}] per "
+                   "record, corrected for word ends (Pimentel & Meister 2024; a second pass)")
+    p.add_argument("--bits", action="store_true",
+                   help="--words: word log-probs in bits (logprob_bits, ...) instead of nats")
+    p.add_argument("--on-error", choices=("stop", "record"), default="stop",
+                   help="a record the tokenizer cannot score exactly or that does not fit: "
+                   "stop the run (default), or write {\"id\", \"error\"} for it and go on")
     add_data_options(p)
     add_model_options(p)
     add_encode_options(p)
@@ -84,12 +92,16 @@ def run(args: argparse.Namespace) -> int:
                       progress=args.progress,
                       scorer=scorer_from_args(args) if is_server_url(args.model) else args.model,
                       scorer_options=scorer_kwargs(args),
-                      on_score=table.add if table is not None else None)
+                      on_score=table.add if table is not None else None,
+                      words=args.words, bits=args.bits, on_error=args.on_error)
     if done.empty_input:
         print(f"loglik: {args.data} has no records; nothing to score", file=sys.stderr)
         return 0
     if table is not None:
         table.print()
+    if done.records_failed:
+        print(f"loglik score: {done.records_failed} of {done.records_written} records could "
+              'not be scored; their output records hold {"id", "error"}', file=sys.stderr)
     if done.totals is not None:
         import json
 

@@ -295,6 +295,10 @@ class ReportCollector:
             yield ex
 
     def add(self, score: Any) -> None:
+        if not hasattr(score, "token_logprobs"):   # a FailedRecord: its prompt leaves too
+            if len(self.scores) < len(self.prompts):
+                del self.prompts[len(self.scores)]
+            return
         self.seen += 1
         if len(self.scores) < self.limit:
             self.scores.append(score)
