@@ -181,6 +181,15 @@ class Scorer:
                                         scorer.backend.max_length)
         return scorer
 
+    @classmethod
+    def from_server(cls, url: str, *, tokenizer: Any, model: str | None = None,
+                    **options: Any) -> Scorer:
+        """Score through an OpenAI-compatible completions server (vLLM, llama-cpp-python,
+        ``loglik serve``), tokenizing with ``tokenizer`` (:mod:`loglik.backends.openai`)."""
+        from .backends.openai import scorer_from_server
+
+        return scorer_from_server(cls, url, tokenizer=tokenizer, model=model, **options)
+
     # -- scoring ---------------------------------------------------------------------------
     def encode(self, prompt: str, response: str) -> Encoded:
         """The token ids and boundary decision for one pair."""

@@ -13,6 +13,9 @@ downstream. :func:`audit` runs:
 5. ``check_file`` — with ``check_file=PATH``, another tool's log-probs recomputed and each
    disagreeing record diagnosed (:mod:`loglik.audit.diagnose`).
 
+:func:`audit_engine` audits a serving engine (any OpenAI-compatible server) against the
+reference weights instead (:mod:`loglik.audit.engine`).
+
 Example:
     >>> report = loglik.audit(scorer, [("The capital of France is", " Paris")])  # doctest: +SKIP
     >>> report.passed, [c.name for c in report.checks]                           # doctest: +SKIP
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..data import Fields, to_examples
 from ..types import Example
+from .engine import ENGINE_CHECKS, audit_engine
 from .result import DIAGNOSES, AuditReport, CheckResult, RecordResult
 
 if TYPE_CHECKING:
@@ -100,5 +104,5 @@ def audit(scorer: Scorer, examples: Iterable[Any] | None = None, *,
     return AuditReport(results, records)
 
 
-__all__ = ["CHECKS", "DEFAULT_EXAMPLES", "DIAGNOSES", "AuditReport", "CheckResult",
-           "Example", "RecordResult", "audit"]
+__all__ = ["CHECKS", "DEFAULT_EXAMPLES", "DIAGNOSES", "ENGINE_CHECKS", "AuditReport",
+           "CheckResult", "Example", "RecordResult", "audit", "audit_engine"]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ..errors import LoglikError
 
-COMMANDS = ("score", "explain", "audit", "compare", "choose", "train")
+COMMANDS = ("score", "explain", "audit", "compare", "choose", "train", "serve")
 
 # Help for the positional arguments every command shares, in one place.
 POSITIONAL_HELP = {

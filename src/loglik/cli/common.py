@@ -27,6 +27,19 @@ def add_model_options(p: argparse.ArgumentParser, *, multiple: bool = False) -> 
                    help="padded tokens per forward pass (default 2048 on CPU, 8192 on GPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice, usually all cores)")
+    add_server_options(p)
+
+
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    """--model http://HOST:PORT/v1: score through an OpenAI-compatible server."""
+    p.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID",
+                   help="with --model http://...: the model's tokenizer (loglik tokenizes)")
+    p.add_argument("--served-model", default=None, metavar="NAME",
+                   help="with --model http://...: the model name the server serves")
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="with --model http://...: requests in flight (default 8)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="with --model http://...: seconds per request (default 60)")
 
 
 def add_encode_options(p: argparse.ArgumentParser) -> None:
@@ -107,10 +120,23 @@ def read_chat_template(path: str | None) -> str | None:
                          "template file", source=path, field="--chat-template") from None
 
 
+def is_server_url(model: Any) -> bool:
+    """--model http://HOST:PORT/v1 names an OpenAI-compatible server, not weights."""
+    return isinstance(model, str) and model.startswith(("http://", "https://"))
+
+
 def scorer_from_args(args: argparse.Namespace, model: str | None = None):
     from ..hub import check_model_source
     from ..scorer import Scorer
 
     model = model if model is not None else args.model
+    if is_server_url(model):
+        return Scorer.from_server(model, tokenizer=getattr(args, "tokenizer", None),
+                                  model=getattr(args, "served_model", None),
+                                  concurrency=getattr(args, "concurrency", 8),
+                                  timeout=getattr(args, "timeout", 60.0),
+                                  batch_tokens=args.batch_tokens, bos=args.bos,
+                                  score_eos=args.score_eos, whitespace=args.whitespace,
+                                  truncate=args.truncate)
     check_model_source(model, revision=args.revision)
     return Scorer.from_pretrained(model, **scorer_kwargs(args))

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         return _run_on_ray(args)
     from ..run import score_file
+    from .common import is_server_url, scorer_from_args
 
     table = None
     output = args.output
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                       format=args.format, text_field=args.text_field, stride=args.stride,
                       max_length=args.max_length, rank=args.rank, entropy=args.entropy,
                       top_k=args.top_k, part_rows=args.part_rows, html=args.html,
-                      progress=args.progress, scorer=args.model,
+                      progress=args.progress,
+                      scorer=scorer_from_args(args) if is_server_url(args.model) else args.model,
                       scorer_options=scorer_kwargs(args),
                       on_score=table.add if table is not None else None,
                       words=args.words, bits=args.bits, on_error=args.on_error)
