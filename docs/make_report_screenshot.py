@@ -47,8 +47,10 @@ expls = [scorer.explain(p, r, top_k=3) for p, r in pairs]
 
 from rich.console import Console
 
+from loglik.render.terminal import print_explanation
+
 console = Console(width=110, record=True)
-console.print(expls[0].table())
+print_explanation(expls[0], console, wide=True)
 (here / "explain.txt").write_text(console.export_text(), encoding="utf-8")
 
 with tempfile.TemporaryDirectory() as tmp:

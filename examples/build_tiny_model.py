@@ -1,7 +1,10 @@
 """Build a tiny random Llama-style model and tokenizer in a folder (offline).
 
-Stand-in until the embedded default model ships:
     python examples/build_tiny_model.py /tmp/loglik-tiny
+
+The starting point of the README's training example (``loglik train ... --model
+/tmp/loglik-tiny``): an untrained model, so that training visibly changes its numbers. For
+scoring, loglik's embedded default model needs no setup (``--model`` left out).
 """
 
 import sys

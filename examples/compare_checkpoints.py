@@ -8,8 +8,9 @@
 A plain next-token loop (AdamW, cross-entropy on every position) over loglik.testing.CORPUS
 and the prompt/response text of examples/compare_pairs.jsonl's training half; the checkpoints
 share a tokenizer, so ``loglik compare`` also reports KL divergence and top-1 agreement. The
-last checkpoint memorises the training half; the comparison shows it. About 15 s on two CPU
-cores.
+last checkpoint memorises the training half; the comparison shows it. About two minutes on
+two idle CPU cores: 255 s of CPU time (user) measured with ``/usr/bin/time`` (issue 15 saw
+132 s of wall time; on a machine shared with other jobs it takes longer).
 """
 
 import json

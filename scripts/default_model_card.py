@@ -15,6 +15,11 @@ import stdlib_corpus as corpus
 REBUILD = "python scripts/build_default_model.py all --work /tmp/loglik-default"
 
 
+def _per_token(evaluation: dict) -> float:
+    """Mean log-prob per token of a trainer evaluation (logs before the rename: logprob_mean)."""
+    return evaluation.get("logprob_per_token", evaluation.get("logprob_mean", float("nan")))
+
+
 def _log(work: Path, run: str = "run") -> list[dict]:
     path = work / run / "log.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
@@ -47,8 +52,8 @@ Phase {n}, {title}{extra}:
 `{t['command']}`
 
 {epochs[-1]['step']} steps, {epochs[-1]['tokens_per_s']:.0f} tokens/s, {t['seconds'] / 60:.0f} minutes;
-held-out pairs, docstring NLL per token {-epochs[0]['eval']['logprob_mean']:.3f} ->
-{-epochs[-1]['eval']['logprob_mean']:.3f}.
+held-out pairs, docstring NLL per token {-_per_token(epochs[0]['eval']):.3f} ->
+{-_per_token(epochs[-1]['eval']):.3f}.
 """
 
 
@@ -126,8 +131,8 @@ in the command: peak lr, warmup then cosine to 10% of it, batches of at most tha
 tokens; weight decay 0.01, clip 1.0), {last_epoch['tokens_per_s']:.0f} tokens/s on one
 thread of a shared, oversubscribed 2-core CPU; {timing['seconds'] / 60:.0f} minutes wall
 clock for the whole command (including the held-out evaluation before and after).
-Held-out pairs, docstring NLL per token (the trainer's own evaluation): {-start_eval.get('logprob_mean', float('nan')):.3f}
-before training, {-end_eval.get('logprob_mean', float('nan')):.3f} after.
+Held-out pairs, docstring NLL per token (the trainer's own evaluation): {-_per_token(start_eval):.3f}
+before training, {-_per_token(end_eval):.3f} after.
 {later}
 ## Held-out figures
 

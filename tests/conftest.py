@@ -91,3 +91,12 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_gpt2, bpe_tokenizer):
     tiny_gpt2.save_pretrained(path)
     bpe_tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_styles(tokenizers):
+    """Every tokenizer style of loglik.testing.TOKENIZER_STYLES, by name (shared instances)."""
+    from loglik.testing import TOKENIZER_STYLES
+
+    return {name: tokenizers[name] if name in tokenizers else build()
+            for name, build in TOKENIZER_STYLES.items()}

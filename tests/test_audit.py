@@ -313,8 +313,24 @@ def test_cli_json_contract(tiny_model_dir, tmp_path, tiny_llama, sp_tokenizer):
     assert [c["passed"] for c in d["checks"]] == [True, True, True, True, False]
     assert [(r["index"], r["ok"], r["diagnosis"]) for r in d["records"]] == [
         (0, True, "ok"), (2, False, "log_base_2")]    # index: 0-based line of the file
+    assert [r["line"] for r in d["records"]] == [1, 3]    # line: 1-based, as in every message
+
 
     rc, out = _cli(["audit", str(data), "--model", tiny_model_dir, "--checks",
                     "tokenizer,normalisation"])
     assert rc == 0 and "PASS  tokenizer" in out and "PASS  normalisation" in out
     assert "all checks passed" in out
+
+
+def test_check_table_shows_1_based_lines():
+    from rich.console import Console
+
+    from loglik.audit.result import AuditReport, CheckResult, RecordResult
+
+    report = AuditReport([CheckResult("check_file", "fail", "1 of 2 records agree")],
+                         [RecordResult(0, True, "ok", ""),
+                          RecordResult(2, False, "log_base_2", "off by ln 2", -1.0, -1.44)])
+    console = Console(width=80, record=True)
+    report.print(console)
+    row = next(r for r in console.export_text().splitlines() if "log_base_2" in r)
+    assert row.split()[1] == "3", row

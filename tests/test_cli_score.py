@@ -81,8 +81,20 @@ def test_bad_input_one_line_error_and_nonzero_exit(tmp_path, tiny_model_dir, con
     assert main(["score", str(path), "--model", tiny_model_dir, "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and str(path) in err
-    if content.startswith(b'{"prompt": "a", "response": "b"}'):   # first record kept
-        assert len(out.read_text().splitlines()) == 1
+    assert not out.exists()      # the first records are checked before the model loads
+
+
+def test_bad_record_after_the_first_records_keeps_the_good_ones(tmp_path, tiny_model_dir,
+                                                                  capsys):
+    from loglik.run import PEEK_RECORDS
+
+    good = [{"prompt": "a", "response": f"b{i}"} for i in range(PEEK_RECORDS + 5)]
+    path = tmp_path / "late.jsonl"
+    path.write_bytes(write_jsonl(path, good) and path.read_bytes() + b"{oops}\n")
+    out = tmp_path / "o.jsonl"
+    assert main(["score", str(path), "--model", tiny_model_dir, "-o", str(out)]) == 2
+    assert f"line {len(good) + 1}: malformed JSON" in capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == len(good)    # scored before the error
 
 
 def test_unknown_model_path(pairs_file, tmp_path, capsys):

@@ -99,3 +99,60 @@ def test_python_objects():
     assert [(e.prompt, e.response, e.id) for e in exs] == [("a", "b", None), ("c", "d", 3)]
     with pytest.raises(InputError, match="record 1|<python> line 1"):
         list(to_examples([42]))
+
+
+@pytest.mark.parametrize("line,column", [
+    (b'{"prompt": "a", "response": "b" "id": 3}\n', 33),     # a missing comma
+    (b'{"prompt": "a", "response": \n', 29),                # cut short at the line's end
+    (b'{"prompt": "a", "response": "b"}}\r\n', 33),          # extra data
+])
+def test_malformed_json_names_the_parsers_column(tmp_path, line, column):
+    path = write(tmp_path, "a.jsonl", b'{"prompt": "x", "response": "y"}\n' + line)
+    with pytest.raises(InputError, match=rf"a.jsonl line 2: malformed JSON: .* at column "
+                                         rf"{column};"):
+        list(read_examples(path))
+
+
+@pytest.mark.parametrize("content,line,pattern", [
+    # the quote opened on line 3 never closes: row 3 must not vanish into row 2's response
+    (b'id,prompt,response\n1,a,b\n2,plain,"unterminated\n3,x,y\n', 3,
+     "closing quote never comes"),
+    (b'id,prompt,response\n1,a,b\n2,a,b,extra\n', 3, "4 cells but the header has 3 columns"),
+    (b'id,prompt,response\n1,a,b\n2,a\n', 3, "2 cells but the header has 3 columns"),
+    (b'id,prompt,prompt,response\n1,a,b,c\n', 1, 'header names column "prompt" twice'),
+    (b'id,,response\n1,a,b\n', 1, "header column 2 has no name"),
+    (b'id,prompt,response\n1,"a"b,c\n', 2, "malformed CSV"),
+])
+def test_csv_errors_name_the_line(tmp_path, content, line, pattern):
+    path = write(tmp_path, "a.csv", content)
+    with pytest.raises(InputError, match=pattern) as info:
+        list(read_examples(path))
+    assert (info.value.source, info.value.line) == (path, line)
+
+
+def test_csv_quoted_newlines_keep_the_starting_line(tmp_path):
+    path = write(tmp_path, "a.csv", b'prompt,response\n\n"two\nlines",b\nc,d\n')
+    assert [(e.prompt, e.line) for e in read_examples(path)] == [("two\nlines", 3), ("c", 5)]
+
+
+def test_every_reader_takes_files_folders_and_globs(tmp_path):
+    from loglik.choices import read_choice_rows
+    from loglik.data import read_documents
+
+    (tmp_path / "docs").mkdir()
+    write(tmp_path / "docs", "a.txt", b"first doc\nstill first\n\nsecond doc\n")
+    write(tmp_path / "docs", "b.jsonl", b'{"text": "third", "id": 7}\n')
+    docs = list(read_documents(str(tmp_path / "docs")))
+    assert [(d.response, d.id, d.line) for d in docs] == [
+        ("first doc\nstill first", None, 1), ("second doc", None, 4), ("third", 7, 1)]
+    assert [d.response for d in read_documents(str(tmp_path / "docs" / "*.txt"))] == [
+        "first doc\nstill first", "second doc"]
+
+    (tmp_path / "mc").mkdir()
+    for n in (1, 2):
+        write(tmp_path / "mc", f"{n}.jsonl",
+              f'{{"context": "c{n}", "choices": ["a", "b"], "gold": 0}}\n'.encode())
+    rows = list(read_choice_rows(str(tmp_path / "mc")))
+    assert [(r.context, r.source.endswith(f"{n}.jsonl")) for n, r in zip((1, 2), rows)] == [
+        ("c1", True), ("c2", True)]
+    assert len(list(read_choice_rows(str(tmp_path / "mc" / "*.jsonl")))) == 2

@@ -1,4 +1,4 @@
-"""The shipped default model: it loads fast, is exact, and has learned what it was trained on.
+"""The shipped default model: it loads, is exact, and has learned what it was trained on.
 
 A broken, truncated or untrained model fails here: the conditional-matching sample needs a
 model that reads the signature (an untrained one is near 50%), and the held-out NLL must beat
@@ -11,7 +11,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -71,15 +70,10 @@ def test_files_are_the_standard_layout_and_small():
 
 
 @needs_model
-def test_loads_in_under_two_seconds(torch_threads, hf_tok):
-    import loglik
-
-    loglik.Scorer.from_pretrained()                     # imports and file cache warm
-    t0 = time.perf_counter()
-    scorer = loglik.Scorer.from_pretrained()
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 2.0, f"loading the default model took {elapsed:.2f}s"
-    assert scorer.score("def f(x):\n", '    """Return x."""').num_tokens > 0
+def test_loads_and_scores(scorer, hf_tok):
+    """Load time is measured in bench/startup.py, not asserted on a shared CPU."""
+    s = scorer.score("def f(x):\n", '    """Return x."""')
+    assert s.num_tokens > 0 and s.logprob < 0
     assert hf_tok.bos_token == "<s>" and len(hf_tok) == 8192
 
 

@@ -58,6 +58,25 @@ def test_empty_response_is_zero(seed_case):
     assert (s.logprob, s.num_tokens, s.token_logprobs, s.boundary) == (0.0, 0, [], "joint")
 
 
+@pytest.mark.parametrize("whitespace", ["move", "keep"])
+def test_empty_response_is_zero_whatever_the_whitespace_policy(whitespace):
+    """Moving the prompt's trailing space must not make an empty response a scored space."""
+    tok = WordTokenizer(["the", "cat", ""])             # "" adds a lone " " token
+    backend = FakeBackend(len(tok), {})                 # uniform: a scored space is -log V
+    s = Scorer(backend, tok, whitespace=whitespace).score("the ", "")
+    assert (s.logprob, s.num_tokens, s.num_bytes, s.num_chars) == (0.0, 0, 0, 0)
+    assert s.token_ids == [] and s.token_logprobs == []
+
+
+def test_counts_are_of_the_scored_text():
+    """num_bytes/num_chars count the text the tokens stand for (after the whitespace move)."""
+    tok = WordTokenizer(["the", "cat", "sat", ""])      # "" adds a lone " " token
+    backend = FakeBackend(len(tok), {})
+    moved = Scorer(backend, tok).score("the ", "cat sat")
+    assert (moved.num_bytes, moved.num_chars) == (8, 8)         # " cat sat", not "cat sat"
+    assert moved.tokens == [" cat", " sat"]
+
+
 def test_score_many_keeps_input_order_and_ids(seed_case):
     tok, backend = seed_case
     scorer = Scorer(backend, tok, batch_tokens=4)

@@ -11,8 +11,8 @@ from loglik import Scorer
 from loglik.cli import main
 from loglik.errors import ConfigError, ContextLengthError
 from loglik.logprobs import reference_logprobs
-from loglik.longtext import (CorpusTotals, corpus_perplexity, iter_text_scores,
-                             window_requests)
+from loglik.longtext import corpus_perplexity, iter_text_scores, window_requests
+from loglik.metrics import CorpusTotals
 
 TEXT = ("The quick brown fox jumps over the lazy dog. The capital of France is Paris. "
         "Machine learning models compute probabilities of tokens given a context. ") * 6
@@ -138,7 +138,7 @@ def test_corpus_perplexity_and_bits_per_byte(gpt2_scorer):
     totals = CorpusTotals()
     for s in scores:
         totals.add(s.to_record())
-    assert totals.summary()["perplexity"] == pytest.approx(stats.perplexity)
+    assert totals.stats().perplexity == pytest.approx(stats.perplexity)
 
 
 def test_cli_text_field_jsonl_and_parquet(tmp_path, tiny_gpt2_dir, gpt2_scorer, capsys):
@@ -157,11 +157,11 @@ def test_cli_text_field_jsonl_and_parquet(tmp_path, tiny_gpt2_dir, gpt2_scorer, 
         s = gpt2_scorer.score_text(d["text"], stride=100)
         assert r["token_ids"] == s.token_ids and r["num_windows"] == s.extra["num_windows"]
         assert r["logprob"] == pytest.approx(s.logprob, abs=1e-4)
-    assert summary["documents"] == 3
-    assert summary["tokens"] == sum(r["num_tokens"] for r in rows)
-    assert summary["bytes"] == sum(len(d["text"].encode()) for d in docs)
+    assert summary["num_examples"] == 3
+    assert summary["num_tokens"] == sum(r["num_tokens"] for r in rows)
+    assert summary["num_bytes"] == sum(len(d["text"].encode()) for d in docs)
     assert summary["perplexity"] == pytest.approx(
-        math.exp(-math.fsum(r["logprob"] for r in rows) / summary["tokens"]))
+        math.exp(-math.fsum(r["logprob"] for r in rows) / summary["num_tokens"]))
     # a missing field names the flag
     assert main(["score", str(data), "--model", tiny_gpt2_dir, "--text-field", "body"]) == 2
     assert "--text-field" in capsys.readouterr().err
@@ -187,3 +187,39 @@ def test_left_truncation_keeps_the_last_prompt_tokens(tiny_llama, sp_tokenizer):
     assert s.token_logprobs == pytest.approx(direct.logprobs, abs=1e-6)
     with pytest.raises(ContextLengthError, match="truncate='left'"):
         Scorer.from_hf(tiny_llama, sp_tokenizer, max_length=24).score(prompt, response)
+
+
+def test_no_indexing_errors_warning_for_a_windowed_text(tiny_llama):
+    """loglik windows a long text itself: transformers' "will result in indexing errors"
+    warning (logged once per tokenizer, with the length it saw) must not appear."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from loglik.testing import sentencepiece_tokenizer
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    tok = sentencepiece_tokenizer()                 # fresh: the warning fires once per object
+    tok.model_max_length = 32
+    scorer = Scorer.from_hf(tiny_llama, tok, max_length=32)
+    text = "The capital of France is Paris. The capital of Italy is Rome. " * 6
+    before, seen = hf_logging.get_verbosity(), Records()
+    hf_logging.set_verbosity_warning()
+    hf_logging.get_logger().addHandler(seen)       # the library's root logger "transformers"
+    try:
+        s = scorer.score_text(text)
+        windowed = [m for m in seen.messages if "indexing errors" in m]
+        tok(text)                                   # a direct call still warns: nothing global
+    finally:
+        hf_logging.get_logger().removeHandler(seen)
+        hf_logging.set_verbosity(before)
+    assert s.extra["num_windows"] > 1
+    assert windowed == []
+    assert sum("indexing errors" in m for m in seen.messages) == 1

@@ -33,7 +33,7 @@ def test_corpus_stats_pools_totals_not_means():
     # text 1: -2 nats over 2 tokens, 4 bytes ("abcd"); text 2: -6 nats, 3 tokens, 8 bytes, 6 chars
     stats = corpus_stats([_score(-2.0, 2, 4, 4), _score(-6.0, 3, 8, 6)])
     assert stats == CorpusStats(-8.0, 2, 5, 12, 10)
-    assert stats.logprob_mean == -4.0
+    assert stats.logprob_per_example == -4.0        # per example; per token below
     assert stats.logprob_per_token == pytest.approx(-1.6)
     assert stats.logprob_per_byte == pytest.approx(-8 / 12)
     assert stats.logprob_per_char == pytest.approx(-0.8)

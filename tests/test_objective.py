@@ -314,3 +314,133 @@ def test_no_vocab_by_sequence_tensor_is_kept_for_backward(tiny_llama, sp_tokeniz
 
     assert largest_saved(lambda: conditional_nll(tiny_llama, batch)) < n * vocab
     assert largest_saved(lambda: _reference_sum(tiny_llama, batch)) >= n * vocab
+
+
+# -- packed rows ---------------------------------------------------------------------------
+FAMILIES = [("llama", "sentencepiece"), ("gpt2", "byte_bpe"), ("phi", "no_bos"),
+            ("gemma2", "sentencepiece"), ("opt", "byte_bpe")]
+
+
+@pytest.mark.parametrize("family,tok", FAMILIES)
+def test_packed_batch_equals_padded_batch(family, tok, tokenizers):
+    """Several examples per row (block-diagonal mask, positions restarting per example):
+    the same loss and the same gradients as one padded row each, and as the plain formula.
+    gpt2/opt: learned absolute positions; gemma2: sliding-window layers + soft-capping."""
+    from loglik.testing import tiny_model
+    from loglik.train_packing import collate_packed, packing_trains
+
+    tokenizer = tokenizers[tok]
+    model = tiny_model(family, len(tokenizer), scale=5.0)
+    enc = Encoder(tokenizer).encode_many(_examples())
+    padded, packed = collate(enc), collate_packed(enc, row_tokens=40)
+    assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]   # really packed
+    assert (packed["sequence_ids"].max(1).values >= 1).any()
+    assert packing_trains(model)
+
+    model.zero_grad()
+    loss = conditional_nll(model, packed, reduction="token_mean")
+    loss.backward()
+    ours = _grads(model)
+    model.zero_grad()
+    ref = conditional_nll(model, padded, reduction="token_mean")
+    ref.backward()
+    theirs = _grads(model)
+    model.zero_grad()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    assert ours.keys() == theirs.keys()
+    for n in theirs:
+        torch.testing.assert_close(ours[n], theirs[n], rtol=1e-4, atol=1e-5, msg=n)
+    n_tokens = sum(e.num_tokens for e in enc)
+    with torch.no_grad():
+        plain = _reference_sum(model, padded).item()
+    assert loss.item() * n_tokens == pytest.approx(plain, abs=1e-3)
+
+
+def test_packed_rows_do_not_leak_between_examples(tiny_llama):
+    """Changing one example's tokens leaves its row neighbour's loss unchanged."""
+    from loglik.train_packing import collate_packed
+
+    a = Encoded((1, 40, 41), (42, 43, 44), "", "joint")
+    b, b2 = Encoded((1, 50), (51, 52), "", "joint"), Encoded((1, 60), (61, 52), "", "joint")
+    with torch.no_grad():
+        alone = response_nll(tiny_llama, collate([a]))[0].item()
+        for other in (b, b2):
+            batch = collate_packed([a, other], row_tokens=16)
+            assert batch["input_ids"].shape[0] == 1
+            labels = batch["labels"].clone()
+            labels[batch["sequence_ids"] != 0] = -100           # score example a only
+            loss = response_nll(tiny_llama, {**batch, "labels": labels})[0].item()
+            assert loss == pytest.approx(alone, abs=1e-4)
+
+
+def test_packed_bf16_autocast_close_to_fp32(tiny_llama, sp_tokenizer):
+    from loglik.train_packing import collate_packed
+
+    batch = collate_packed(Encoder(sp_tokenizer).encode_many(_examples()))
+    fp32 = conditional_nll(tiny_llama, batch, reduction="token_mean")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = conditional_nll(tiny_llama, batch, reduction="token_mean")
+    assert bf16.item() == pytest.approx(fp32.item(), rel=0.05)
+
+
+def test_a_model_without_custom_masks_fails_the_packing_check(sp_tokenizer):
+    """A body that drops 4D masks (as flash-attention kernels do) would let packed examples
+    see each other: the check says so, and the trainer pads instead."""
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    from loglik.testing import tiny_model
+    from loglik.train_packing import packing_trains
+
+    class CausalOnly(LlamaModel):
+        def forward(self, input_ids=None, attention_mask=None, **kwargs):
+            if attention_mask is not None and attention_mask.dim() == 4:
+                attention_mask = None    # and positions too: transformers would infer the
+                kwargs.pop("position_ids", None)   # packing from restarting positions
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    model = tiny_model("llama", len(sp_tokenizer), scale=5.0)
+    assert packing_trains(model)
+    body = CausalOnly(model.config)
+    body.load_state_dict(model.model.state_dict())
+    model.model = body
+    assert not packing_trains(model)
+    model.config._attn_implementation = "flash_attention_2"
+    assert not packing_trains(model)
+
+
+# -- LoRA ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_lora_objective_is_exact_and_only_adapters_get_gradients(name, tokenizers):
+    """With LoRA on, -loss equals the scorer's sum for the merged model, and the adapters'
+    gradients equal those of the plain formula; the frozen weights get none."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+
+    from loglik import Scorer
+    from loglik.testing import tiny_model
+    from loglik.train_lora import trainable_model
+    from loglik.train_packing import collate_packed
+
+    tokenizer = tokenizers["sentencepiece" if name == "llama" else "byte_bpe"]
+    base = tiny_model(name, len(tokenizer), scale=5.0)
+    # random A and B (peft's default B = 0 would make every A gradient zero)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                 init_lora_weights=False))
+    lm = trainable_model(peft_model)
+    enc = Encoder(tokenizer).encode_many(_examples())
+    for batch in (collate(enc), collate_packed(enc, row_tokens=40)):
+        lm.zero_grad()
+        loss = conditional_nll(lm, batch, chunk_size=5)
+        loss.backward()
+        ours = _grads(lm)
+        lm.zero_grad()
+        _reference_sum(lm, collate(enc)).backward()
+        theirs = _grads(lm)
+        lm.zero_grad()
+        assert ours and all("lora_" in n for n in ours)
+        assert ours.keys() == theirs.keys()
+        for n in theirs:
+            torch.testing.assert_close(ours[n], theirs[n], rtol=1e-4, atol=1e-5, msg=n)
+    merged = peft_model.merge_and_unload()
+    scores = Scorer.from_hf(merged, tokenizer).score_many(_examples())
+    assert -loss.item() == pytest.approx(math.fsum(s.logprob for s in scores), abs=1e-3)

@@ -13,7 +13,6 @@ import torch
 
 from loglik import Scorer
 from loglik.logprobs import reference_logprobs
-from loglik.masks import allowed, layout_rows
 from loglik.plan import plan_packed
 from loglik.testing import FAMILIES, tiny_model
 
@@ -46,9 +45,9 @@ def family(request, tokenizers, torch_threads):
 
 @pytest.mark.parametrize("shared", ["tree", "kv"])
 def test_packed_and_shared_rows_match_alone_and_reference(family, shared, monkeypatch):
-    """Shared contexts as tree rows or by KV reuse (backends/hf_kv.py), forced either way."""
+    """Shared contexts as tree rows or by KV reuse (backends/hf/kv.py), forced either way."""
     name, model, tok = family
-    monkeypatch.setattr("loglik.backends.hf_kv.worth_it", lambda batch: shared == "kv")
+    monkeypatch.setattr("loglik.backends.hf.kv.worth_it", lambda batch: shared == "kv")
     scorer = Scorer.from_hf(model, tok, batch_tokens=400)
     assert scorer.backend.packing, f"{name}: packed rows failed their self-check"
     assert scorer.backend.kv_sharing, f"{name}: KV reuse failed its self-check"
@@ -110,34 +109,6 @@ def test_details_are_the_same_when_packed(llama_scorer):
             [[t for t, _ in alts] for alts in a.token_top]
 
 
-def test_layout_and_mask_of_a_tree_beside_a_packed_unit():
-    # requests 0 and 1 share context (1, 2, 3); request 2 = (9,) -> (10, 11) is packed beside
-    # them; request 3 (8 tokens) sets the row width.
-    requests = [((1, 2, 3), (4, 5)), ((1, 2, 3), (6, 7, 8)), ((9,), (10, 11)),
-                ((20, 21, 22, 23, 24, 25, 26), (27, 28))]
-    plan = plan_packed([c for c, _ in requests], [len(t) for _, t in requests], 16)
-    (batch,) = plan.batches
-    lay = layout_rows(batch.rows, [t for _, t in requests], batch.width)
-    assert lay.input_ids.tolist() == [[20, 21, 22, 23, 24, 25, 26, 27],
-                                      [1, 2, 3, 4, 6, 7, 9, 10]]
-    assert lay.position_ids.tolist() == [list(range(8)), [0, 1, 2, 3, 3, 4, 0, 1]]
-    assert lay.order == [3, 0, 1, 2] and lay.lengths == [2, 2, 3, 2]
-    assert lay.rows.tolist() == [0, 0] + [1] * 7
-    assert lay.cols.tolist() == [6, 7] + [2, 3, 2, 4, 5, 6, 7]   # who predicts each target
-    assert lay.targets.tolist() == [27, 28, 4, 5, 6, 7, 8, 10, 11]
-    assert allowed(lay)[1].int().tolist() == [
-        [1, 0, 0, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0, 0, 0],     # branch 0 sees the context and itself
-        [1, 1, 1, 0, 1, 0, 0, 0],     # branch 1 does not see branch 0
-        [1, 1, 1, 0, 1, 1, 0, 0],
-        [0, 0, 0, 0, 0, 0, 1, 0],     # the packed unit sees only itself
-        [0, 0, 0, 0, 0, 0, 1, 1]]
-    # a sliding window of 2 positions: position 4 no longer sees positions 0..2
-    assert allowed(lay, 2)[1, 5].int().tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
-
-
 def _drop(model, arg):
     """Make the model's body ignore (``"position_ids"``) or reject (``"4d"``) an input."""
     body = model.base_model
@@ -174,7 +145,7 @@ def test_models_that_cannot_pack_fall_back_to_rows_alone(broken, sp_tokenizer, c
 def test_kv_reuse_in_small_groups_matches_alone(sp_tokenizer, torch_threads, monkeypatch):
     """A budget that lets only a few branches share a step still gives the same numbers,
     and each step stays within the budget (rows x keys)."""
-    from loglik.backends import hf_kv
+    from loglik.backends.hf import kv as hf_kv
 
     model = tiny_model("llama", len(sp_tokenizer), scale=10.0, seed=7)
     scorer = Scorer.from_hf(model, sp_tokenizer, batch_tokens=90)
@@ -197,7 +168,7 @@ def _break_kv(monkeypatch):
     def broken(layers, rows):
         raise RuntimeError("this cache cannot be rebuilt")
 
-    monkeypatch.setattr("loglik.backends.hf_kv._cache_of", broken)
+    monkeypatch.setattr("loglik.backends.hf.kv._cache_of", broken)
 
 
 def test_models_that_cannot_reuse_kv_keep_tree_rows(sp_tokenizer, caplog, torch_threads,
@@ -276,7 +247,7 @@ def test_kv_reuse_pads_short_branches_within_learned_positions(family, sp_tokeni
                                                                torch_threads):
     """A long context with a short branch beside a short context with a long branch: the
     short branch's padding must not count positions past the model's table (40 here)."""
-    from loglik.backends.hf_kv import score_kv
+    from loglik.backends.hf.kv import score_kv
     from loglik.types import Detail, Request
 
     model = tiny_model(family, len(sp_tokenizer), scale=10.0, seed=3, max_positions=40)
@@ -288,7 +259,7 @@ def test_kv_reuse_pads_short_branches_within_learned_positions(family, sp_tokeni
                        batch_tokens=200)
     got = {}
     for batch in plan.batches:
-        got.update(score_kv(scorer.backend, batch, requests, Detail(), batch_tokens=200))
+        got.update(score_kv(scorer.backend.adapter, batch, requests, Detail(), batch_tokens=200))
     for i, r in enumerate(requests):
         ids = torch.tensor([r.context_ids + r.target_ids])
         with torch.no_grad():

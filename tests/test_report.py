@@ -75,14 +75,23 @@ def test_compare_side_by_side(llama_scorer, gpt2_scorer, sp_tokenizer, bpe_token
     b[0].logprob = math.fsum(b[0].token_logprobs)
     page = compare_report(a, b, names=("llama", "worse"), tokenizer_a=sp_tokenizer,
                           tokenizer_b=sp_tokenizer, prompts=[p for p, _ in pairs])
+    # one definition of the difference everywhere: a − b (as compare's diff_total), labelled
     diff = re.findall(r'<span class="t ([^"]*)" id="d-0-\d+"', page)
-    assert len(diff) == a[0].num_tokens and all(c.endswith("dn1") for c in diff)
-    assert "Δ -1.0000" in page and f"Δ = {b[0].logprob - a[0].logprob:+.4f}" in page
-    assert "worse more probable than llama on 0" in page
-    # different tokenizers: only the sums are compared
+    assert len(diff) == a[0].num_tokens and all(c.endswith("dp1") for c in diff)
+    assert "Δ (llama − worse) +1.0000" in page and "Δ -1.0000" not in page
+    delta = a[0].logprob - b[0].logprob
+    assert delta == pytest.approx(a[0].num_tokens)
+    assert f"#0 · Δ = llama − worse = {delta:+.4f} nats" in page
+    assert "Δ = log Pr(llama) − log Pr(worse)" in page
+    wins = sum(x.logprob > y.logprob for x, y in zip(a, b))     # example 1 is a tie (or ~)
+    assert wins >= 1 and f"llama more probable than worse on {wins}" in page
+    # different tokenizers: only the sums are compared, and the page says so
     g = gpt2_scorer.score_many(pairs)
+    assert a[0].tokens != g[0].tokens
     page = compare_report(a, g, tokenizer_a=sp_tokenizer, tokenizer_b=bpe_tokenizer)
-    assert "split this response differently" in page or 'id="d-0-0"' in page
+    assert page.count("split this response differently") == 2
+    assert 'id="d-' not in page
+    assert f"#0 · Δ = A − B = {a[0].logprob - g[0].logprob:+.4f} nats" in page
     with pytest.raises(ValueError, match="same examples"):
         compare_report(a, g[:1])
 
@@ -123,7 +132,7 @@ def test_compare_cli_html(tiny_model_dir, tmp_path):
                   "--name", "A", "--name", "B", "--num-bootstrap", "50", "--json",
                   "--no-token-stats", "--html", str(html)])
     page = html.read_text(encoding="utf-8")
-    assert rc == 0 and "A vs B" in page and "Δ = +0.0000" in page
+    assert rc == 0 and "A vs B" in page and "Δ = A − B = +0.0000" in page
     assert re.search(r'id="d-0-0"', page)                    # same tokenizer: per-token line
 
 

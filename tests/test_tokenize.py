@@ -106,6 +106,14 @@ def test_score_eos_appends_eos(sp_tokenizer):
     assert enc.response_ids[-1] == sp_tokenizer.eos_token_id and enc.eos_scored
 
 
+@pytest.mark.parametrize("whitespace", ["move", "keep"])
+def test_empty_response_stays_empty(tokenizers, whitespace):
+    for tok in tokenizers.values():
+        enc = Encoder(tok, EncodeOptions(whitespace=whitespace)).encode("x = ", "")
+        assert (enc.response_ids, enc.response_text, enc.boundary) == ((), "", "joint")
+    assert move_whitespace("x =  \n", "") == ("x =  \n", "")
+
+
 def test_whitespace_keep(bpe_tokenizer):
     enc = Encoder(bpe_tokenizer, EncodeOptions(whitespace="keep")).encode("Hello ", "world")
     assert enc.response_text == "world"
@@ -134,3 +142,35 @@ def test_response_alone_too_long(sp_tokenizer):
     enc = Encoder(sp_tokenizer, EncodeOptions(truncate="left"), max_length=3)
     with pytest.raises(ContextLengthError, match="response alone"):
         enc.encode("Hi", " The capital of France is Paris")
+
+
+@pytest.mark.parametrize("name,prompt,response,pieces", [
+    # byte-level BPE splits both emoji over several tokens: the completing token carries each
+    ("byte_bpe", "I love ", "🦜🧬 ok", [" ", "", "🦜", "", "", "🧬", " ", "ok"]),
+    ("byte_bpe", "The capital of France is ", "Paris.", [" ", "Par", "is", "."]),
+    # SentencePiece byte fallback: one token per UTF-8 byte
+    ("sentencepiece", "x", "ÿ Ω", ["", "ÿ", " ", "", "Ω"]),
+    ("sentencepiece", "", "Hello world", ["", "Hel", "lo", " wor", "l", "d"]),
+])
+def test_token_texts_by_hand(tokenizers, name, prompt, response, pieces):
+    from loglik.tokenize import token_texts
+
+    enc = Encoder(tokenizers[name], EncodeOptions(), None)
+    e = enc.encode(prompt, response)
+    assert token_texts(enc.tok, e) == pieces
+
+
+@pytest.mark.parametrize("name", ["byte_bpe", "sentencepiece", "no_bos"])
+@pytest.mark.parametrize("score_eos", [False, True])
+def test_token_texts_concatenate_to_the_scored_text(tokenizers, name, score_eos):
+    from loglik.tokenize import token_texts
+
+    enc = Encoder(tokenizers[name], EncodeOptions(score_eos=score_eos), None)
+    for prompt, response in [("Ans", "wer"), ("", " lead"), ("Hello", ""), ("a", " 日本語\t\r\n"),
+                             ("def f():\n    ", "return 1\n"), ("x", "𝔘 ÿ Ωμέγα 🍕!")]:
+        e = enc.encode(prompt, response)
+        pieces = token_texts(enc.tok, e)
+        assert len(pieces) == len(e.response_ids)
+        assert "".join(pieces) == e.response_text
+        if score_eos:
+            assert pieces[-1] == ""

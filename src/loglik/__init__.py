@@ -14,9 +14,9 @@ from .data import Fields, read_examples
 from .errors import (BackendError, ConfigError, ContextLengthError, InputError, LoglikError,
                      MissingExtraError, ModelLoadError, TokenizationError, TrainingError)
 from .scorer import Scorer
-from .types import Detail, Encoded, Example, Request, Score, TokenResult
+from .types import Detail, Encoded, Example, FailedRecord, Request, Score, TokenResult
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # Entry points that live in heavier modules, imported on first use: name -> "module:attr".
 _LAZY: dict[str, str] = {
@@ -26,6 +26,7 @@ _LAZY: dict[str, str] = {
     "Comparison": "loglik.comparison:Comparison",
     "choose": "loglik.choices:choose",
     "corpus_stats": "loglik.metrics:corpus_stats",
+    "iter_scores_with_words": "loglik.metrics:iter_scores_with_words",
     "word_logprobs": "loglik.metrics:word_logprobs",
     "AuditReport": "loglik.audit:AuditReport",
     "Explanation": "loglik.explain:Explanation",
@@ -35,7 +36,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = sorted([
     "BackendError", "ConfigError", "ContextLengthError", "Detail", "Encoded", "Example",
-    "Fields", "InputError", "LoglikError", "MissingExtraError", "ModelLoadError", "Request",
+    "FailedRecord", "Fields", "InputError", "LoglikError", "MissingExtraError", "ModelLoadError", "Request",
     "Score", "Scorer", "TokenResult", "TokenizationError", "TrainingError", "read_examples", *_LAZY,
 ])
 

@@ -21,16 +21,17 @@ normalised rule. With gold labels, each rule's accuracy comes with its standard 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .data import iter_records
+from .data import read_records
 from .errors import ConfigError, InputError
 from .tokenize import move_whitespace
 from .types import Example, Score
 
-RULES = ("sum", "per_token", "per_byte", "per_char", "mutual_info")
+if TYPE_CHECKING:
+    from .scorer import Scorer
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,8 @@ def record_to_row(record: Mapping[str, Any], fields: ChoiceFields = ChoiceFields
 
 def read_choice_rows(path: str, fields: ChoiceFields = ChoiceFields(),
                      fmt: str | None = None) -> Iterator[ChoiceRow]:
-    """Stream the multiple-choice rows of a JSONL / Parquet file (``-``: stdin)."""
-    source = "<stdin>" if path == "-" else path
-    for line, record in iter_records(path, fmt):
+    """Stream the multiple-choice rows of JSONL / Parquet files (a file, folder, glob; ``-``)."""
+    for source, line, record in read_records(path, fmt):
         yield record_to_row(record, fields, source=source, line=line)
 
 
@@ -214,7 +214,7 @@ def summarize(results: Sequence[ChoiceResult]) -> ChoiceSummary:
 
 
 # -- scoring -----------------------------------------------------------------------------------
-def _score_rows(scorer: Any, rows: Sequence[ChoiceRow]) -> list[list[Score]]:
+def _score_rows(scorer: Scorer, rows: Sequence[ChoiceRow]) -> list[list[Score]]:
     """Every choice of every row in one ``score_many`` call.
 
     The scorer reads a context shared by several choices once (``share_context``, what
@@ -231,23 +231,30 @@ def _score_rows(scorer: Any, rows: Sequence[ChoiceRow]) -> list[list[Score]]:
     return out
 
 
-def _neutral_scores(scorer: Any, rows: Sequence[ChoiceRow], neutral_prompt: str
-                    ) -> list[list[float]]:
+def _neutral_scores(scorer: Scorer, rows: Sequence[ChoiceRow], neutral_prompt: str,
+                    by_text: dict[str, float] | None = None) -> list[list[float]]:
     """log Pr(choice | neutral prompt), each distinct choice text scored once.
 
     The choice is scored as the same text as after the context: when the scorer moves the
     context's trailing whitespace into the response, the neutral response gets it too.
+    ``by_text`` carries the texts already scored (from earlier steps) and is updated.
     """
+    by_text = {} if by_text is None else by_text
     move = scorer.options.whitespace == "move"
     texts = [[move_whitespace(r.context, c)[1] if move else c for c in r.choices] for r in rows]
-    unique = sorted({t for ts in texts for t in ts})
+    unique = sorted({t for ts in texts for t in ts} - set(by_text))
     scores = scorer.score_many([Example(neutral_prompt, t, source="<neutral>") for t in unique])
-    by_text = {t: s.logprob for t, s in zip(unique, scores)}
+    by_text.update((t, s.logprob) for t, s in zip(unique, scores))
     return [[by_text[t] for t in ts] for ts in texts]
 
 
-def choose(scorer: Any, rows: Iterable[Any], *, fields: ChoiceFields = ChoiceFields(),
-           mutual_info: bool = True, neutral_prompt: str = "") -> ChoiceResults:
+#: rows scored per step: the unit of ``progress`` (each step is planned on its own)
+STEP = 64
+
+
+def choose(scorer: Scorer, rows: Iterable[Any], *, fields: ChoiceFields = ChoiceFields(),
+           mutual_info: bool = True, neutral_prompt: str = "",
+           progress: Callable[[int], None] | None = None) -> ChoiceResults:
     """Score every choice of every row and pick one under each rule.
 
     Args:
@@ -257,6 +264,7 @@ def choose(scorer: Any, rows: Iterable[Any], *, fields: ChoiceFields = ChoiceFie
         mutual_info: also score each choice after ``neutral_prompt`` and pick by
             log Pr(choice | context) − log Pr(choice | neutral prompt).
         neutral_prompt: the context-free prompt (default empty: the choice after BOS).
+        progress: called with the number of rows just scored, after every :data:`STEP` rows.
 
     Returns:
         :class:`ChoiceResults` with one :class:`ChoiceResult` per row and the accuracies.
@@ -268,8 +276,16 @@ def choose(scorer: Any, rows: Iterable[Any], *, fields: ChoiceFields = ChoiceFie
     rows = to_rows(rows, fields)
     if not rows:
         raise ConfigError("choose needs at least one row; the input is empty")
-    scores = _score_rows(scorer, rows)
-    neutral = _neutral_scores(scorer, rows, neutral_prompt) if mutual_info else None
+    scores: list[list[Score]] = []
+    neutral: list[list[float]] | None = [] if mutual_info else None
+    seen: dict[str, float] = {}
+    for start in range(0, len(rows), STEP):
+        step = rows[start:start + STEP]
+        scores += _score_rows(scorer, step)
+        if neutral is not None:
+            neutral += _neutral_scores(scorer, step, neutral_prompt, seen)
+        if progress is not None:
+            progress(len(step))
     results = []
     for k, (row, sc) in enumerate(zip(rows, scores)):
         lp = [s.logprob for s in sc]
@@ -284,13 +300,13 @@ def choose(scorer: Any, rows: Iterable[Any], *, fields: ChoiceFields = ChoiceFie
 def compare_choices(scorers: Sequence[Any] | Mapping[str, Any], rows: Iterable[Any], *,
                     names: Sequence[str] | None = None, fields: ChoiceFields = ChoiceFields(),
                     mutual_info: bool = True, neutral_prompt: str = "",
-                    confidence: float = 0.95, num_bootstrap: int = 10_000, seed: int = 0
-                    ) -> dict[str, Any]:
+                    confidence: float = 0.95, num_bootstrap: int = 10_000, seed: int = 0,
+                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """:func:`choose` under several models, and paired accuracy differences with bootstrap CIs.
 
     Returns a JSON-able dict: ``models`` (name, summary, per-row results) and ``pairs``
     (per rule: ``acc_diff`` = accuracy of a minus b, with the percentile interval of the
-    resampled rows).
+    resampled rows). ``progress`` is called with the rows just scored, model after model.
     """
     from .comparison import bootstrap_sums, percentile_interval
 
@@ -302,8 +318,8 @@ def compare_choices(scorers: Sequence[Any] | Mapping[str, Any], rows: Iterable[A
     if len(names) != len(scorers) or len(set(names)) != len(names):
         raise ConfigError(f"need one distinct name per model; got {names}")
     rows = to_rows(rows, fields)
-    results = [choose(s, rows, mutual_info=mutual_info, neutral_prompt=neutral_prompt)
-               for s in scorers]
+    results = [choose(s, rows, mutual_info=mutual_info, neutral_prompt=neutral_prompt,
+                      progress=progress) for s in scorers]
     models = [{"name": n, **r.summary.to_dict()} for n, r in zip(names, results)]
     pairs = []
     gold = [i for i, r in enumerate(rows) if r.gold is not None]
@@ -320,3 +336,36 @@ def compare_choices(scorers: Sequence[Any] | Mapping[str, Any], rows: Iterable[A
             pairs.append(pair)
     return {"models": models, "pairs": pairs, "results": results}
 
+
+
+def choose_file(data: str, output: str | None = None, *, fields: ChoiceFields = ChoiceFields(),
+                format: str | None = None, mutual_info: bool = True, neutral_prompt: str = "",
+                scorer: Scorer | str | None = None, scorer_options: Mapping[str, Any] | None = None,
+                progress: bool | None = None) -> ChoiceResults:
+    """``loglik choose``: read every row (validated before any model loads), choose, and
+    write one JSON line per row to ``output`` (``-``: stdout; None: nowhere).
+
+    ``scorer`` is a :class:`loglik.Scorer`, or a model folder / hub id loaded with
+    ``scorer_options`` (None: the embedded default model). ``progress``: a bar on stderr
+    (None: when stderr is a terminal).
+    """
+    from .io import check_output, open_jsonl_output
+    from .progress import Progress
+
+    check_output(output)
+    rows = list(read_choice_rows(data, fields, format))
+    if scorer is None or isinstance(scorer, str):
+        from .hub import check_model_source
+        from .scorer import Scorer
+
+        options = dict(scorer_options or {})
+        check_model_source(scorer, revision=options.get("revision"))
+        scorer = Scorer.from_pretrained(scorer, **options)
+    with Progress("choosing", total=len(rows), enabled=progress) as bar:
+        results = choose(scorer, rows, mutual_info=mutual_info, neutral_prompt=neutral_prompt,
+                         progress=bar.advance)
+    if output is not None:
+        with open_jsonl_output(output) as writer:
+            for r in results.rows:
+                writer.write(r.to_record())
+    return results

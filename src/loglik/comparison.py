@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +30,13 @@ from .errors import ConfigError
 from .metrics import CorpusStats, corpus_stats
 from .types import Detail, Example, Request, Score
 
+if TYPE_CHECKING:
+    from .scorer import Scorer
+
+
 KL_PERCENTILES = (50, 90, 99, 99.9)
+#: examples scored per step: the unit of ``progress`` (each step is planned on its own)
+STEP = 256
 
 
 # -- the bootstrap -----------------------------------------------------------------------------
@@ -144,7 +150,7 @@ class Comparison:
 
 
 # -- tokenizer identity ------------------------------------------------------------------------
-def tokenizer_fingerprint(scorer: Any) -> str:
+def tokenizer_fingerprint(scorer: Scorer) -> str:
     """Equal for scorers that turn every example into the same token ids."""
     tok = scorer.tokenizer
     hf = getattr(tok, "hf", None)
@@ -227,7 +233,8 @@ def _largest(diffs: np.ndarray, examples: Sequence[Example], lp_a: np.ndarray,
 def compare(scorers: Sequence[Any] | Mapping[str, Any], examples: Iterable[Any], *,
             names: Sequence[str] | None = None, fields: Fields = Fields(),
             confidence: float = 0.95, num_bootstrap: int = 10_000, seed: int = 0,
-            top: int = 5, token_stats: bool = True, detail: bool = False) -> Comparison:
+            top: int = 5, token_stats: bool = True, detail: bool = False,
+            progress: Callable[[int], None] | None = None) -> Comparison:
     """Score ``examples`` under every scorer and compare the models pairwise.
 
     Args:
@@ -240,6 +247,8 @@ def compare(scorers: Sequence[Any] | Mapping[str, Any], examples: Iterable[Any],
         token_stats: KL / top-1 statistics for pairs that share a tokenizer (needs backends
             that expose full distributions; others are skipped).
         detail: also score each token's rank and entropy (mean entropy, median rank).
+        progress: called with the number of examples just scored, after every step of
+            :data:`STEP` examples under each model (the CLI's progress bar).
 
     Returns:
         A :class:`Comparison`; ``comparison.to_dict()`` is JSON-able.
@@ -273,7 +282,7 @@ def compare(scorers: Sequence[Any] | Mapping[str, Any], examples: Iterable[Any],
     for g, members in enumerate(groups.values()):
         encoded_of[g] = scorers[members[0]].encoder.encode_many(exs)
         for i in members:
-            scores[i] = scorers[i].score_encoded(encoded_of[g], exs, det)
+            scores[i] = _score_in_steps(scorers[i], encoded_of[g], exs, det, progress)
 
     models = [_summary(n, scores[i], group_of[i], detail) for i, n in enumerate(names)]
     lps = [np.array([s.logprob for s in sc]) for sc in scores]
@@ -302,6 +311,17 @@ def compare(scorers: Sequence[Any] | Mapping[str, Any], examples: Iterable[Any],
     if token_stats:
         _add_token_stats(scorers, encoded_of, group_of, pairs, index)
     return Comparison(models, pairs, exs, scores, [s.tokenizer for s in scorers])
+
+
+def _score_in_steps(scorer: Scorer, encoded: Sequence[Any], examples: Sequence[Example],
+                    detail: Detail, progress: Callable[[int], None] | None) -> list[Score]:
+    out: list[Score] = []
+    for start in range(0, len(encoded), STEP):
+        step = slice(start, start + STEP)
+        out += scorer.score_encoded(encoded[step], examples[step], detail)
+        if progress is not None:
+            progress(len(encoded[step]))
+    return out
 
 
 def _summary(name: str, scores: list[Score], group: int, detail: bool) -> ModelSummary:

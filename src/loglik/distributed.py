@@ -238,9 +238,9 @@ def _run_pipeline(ray: Any, a: dict[str, Any], run: RayRun) -> None:
     """Build the Ray Data pipeline and write its rows, shard by shard, as they arrive."""
     from ray.data import ActorPoolStrategy
 
-    from .cli.score import count_records
     from .io import ParquetWriter
     from .progress import Progress
+    from .run import count_records
 
     shards, pending, finals = a["shards"], a["pending"], a["finals"]
     ds = ray.data.from_items([{"shard": i, "path": shards[i]} for i in pending],
@@ -318,28 +318,3 @@ def _remove(path: str) -> None:
         os.rmdir(path)
     else:
         os.remove(path)
-
-
-def run_cli(args: Any) -> int:
-    """``loglik score DATA --ray [ADDRESS] -o FOLDER``."""
-    import sys
-
-    from .cli.common import fields_from_args, scorer_kwargs
-
-    if args.text_field:
-        raise ConfigError("--text-field is not available with --ray yet; score documents on "
-                          "one machine, or split them into shards and run one job per shard")
-    run = score_on_ray(args.data, args.output, scorer=args.model, address=args.ray or None,
-                       num_actors=args.num_actors, fields=fields_from_args(args),
-                       fmt=args.format, rank=args.rank, entropy=args.entropy, top_k=args.top_k,
-                       resume=args.resume, progress=args.progress,
-                       scorer_options=scorer_kwargs(args))
-    print(json.dumps({"shards_scored": len(run.shards_scored),
-                      "shards_skipped": len(run.shards_skipped), "records": run.records,
-                      "seconds": round(run.seconds, 2),
-                      "records_per_s": round(run.records_per_s, 1),
-                      "startup_s": round(run.startup_s, 2), "actors": len(run.actors_ready_s),
-                      "steady_records_per_s": round(run.steady_records_per_s, 1),
-                      "num_actors": run.num_actors, "actor_cpus": run.actor_cpus,
-                      "actor_gpus": run.actor_gpus}), file=sys.stderr)
-    return 0

@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
+from .backends.base import DISTRIBUTIONS, Backend, DistributionSource, supports
 from .errors import ConfigError
-from .logprobs import CHUNK_BYTES, predicting_positions
+from .logprobs import chunk_rows as default_chunk_rows
 from .plan import plan_batches
 from .types import Request
 
@@ -30,67 +31,18 @@ from .types import Request
 Reduction = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
 
 
-class _HFSource:
-    """Hidden states of an :class:`~loglik.backends.hf.HFBackend`; head applied per chunk."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-
-    def prepare(self, requests: Sequence[Request]) -> torch.Tensor:
-        b = self.backend
-        ids, mask = b._rows(requests)                                   # (B, T)
-        rows, cols = [], []
-        for i, r in enumerate(requests):
-            pos = predicting_positions(len(r.context_ids), len(r.target_ids))
-            rows += [i] * len(pos)
-            cols += pos.tolist()
-        rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
-        with torch.inference_mode():
-            if b.fast:
-                return b._hidden(ids, mask)[rows_t, cols_t]             # (N, H)
-            return b._full_logits(ids, mask)[rows_t, cols_t]            # (N, V) fallback
-
-    def logprobs(self, rows: torch.Tensor) -> torch.Tensor:
-        b = self.backend
-        with torch.inference_mode():
-            logits = (b._head(rows) if b.fast else rows).float()         # (C, V)
-            if b.fast and b._transform is not None:
-                logits = b._transform(logits)
-            return torch.log_softmax(logits, dim=-1)                     # (C, V)
+def distribution_source(backend: Any) -> DistributionSource:
+    """``backend`` as a :class:`~loglik.backends.base.DistributionSource`, or a ConfigError
+    naming what to use instead."""
+    if not supports(backend, DISTRIBUTIONS):
+        raise ConfigError(f"{type(backend).__name__} does not expose full next-token "
+                          "distributions, which this statistic needs; use a backend that "
+                          "declares the 'distributions' capability (the Hugging Face backend: "
+                          "Scorer.from_pretrained / Scorer.from_hf)")
+    return backend
 
 
-class _TableSource:
-    """A backend that exposes ``distribution(context)`` (the shipped fake model)."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-
-    def prepare(self, requests: Sequence[Request]) -> list[tuple[int, ...]]:
-        contexts = []
-        for r in requests:
-            seq = list(r.context_ids)
-            for t in r.target_ids:
-                contexts.append(tuple(seq))
-                seq.append(t)
-        return contexts
-
-    def logprobs(self, rows: list[tuple[int, ...]]) -> torch.Tensor:
-        p = torch.tensor([self.backend.distribution(c) for c in rows], dtype=torch.float64)
-        return p.log()                                                   # (C, V) exact table
-
-
-def distribution_source(backend: Any) -> Any:
-    """The adapter that gives full distributions for ``backend``, or a ConfigError."""
-    if hasattr(backend, "_hidden") and hasattr(backend, "_head"):
-        return _HFSource(backend)
-    if hasattr(backend, "distribution"):
-        return _TableSource(backend)
-    raise ConfigError(f"{type(backend).__name__} does not expose full next-token "
-                      "distributions, which this statistic needs; use the Hugging Face "
-                      "backend (Scorer.from_pretrained / Scorer.from_hf)")
-
-
-def position_stats(backends: Sequence[Any], requests: Sequence[Request], fn: Reduction, *,
+def position_stats(backends: Sequence[Backend], requests: Sequence[Request], fn: Reduction, *,
                    batch_tokens: int = 8192, chunk_rows: int | None = None,
                    final: bool = False) -> list[torch.Tensor]:
     """Per request, ``fn`` applied to every backend's distributions at its target positions.
@@ -121,7 +73,7 @@ def position_stats(backends: Sequence[Any], requests: Sequence[Request], fn: Red
     for i, r in enumerate(reqs):
         if r.target_ids and not r.context_ids:
             raise ConfigError(f"request {i} has no context tokens to predict from")
-    chunk = chunk_rows or max(16, CHUNK_BYTES // (4 * vocab_size * len(sources)))
+    chunk = chunk_rows or default_chunk_rows(vocab_size, copies=len(sources))
     lengths = [len(r.context_ids) + len(r.target_ids) - 1 if r.target_ids else 0 for r in reqs]
     results: list[torch.Tensor | None] = [None] * len(reqs)
     for batch in plan_batches(lengths, batch_tokens).batches:
@@ -130,7 +82,7 @@ def position_stats(backends: Sequence[Any], requests: Sequence[Request], fn: Red
         targets = torch.tensor([t for r in batch_reqs for t in r.target_ids], dtype=torch.long)
         parts = []
         for s in range(0, len(targets), chunk):
-            logps = [src.logprobs(rw[s:s + chunk]) for src, rw in zip(sources, rows)]
+            logps = [src.log_distributions(rw[s:s + chunk]) for src, rw in zip(sources, rows)]
             out = fn(logps, targets[s:s + chunk].to(logps[0].device))     # (C, K)
             parts.append(out.double().cpu().reshape(len(logps[0]), -1))      # (C, K)
         flat = torch.cat(parts)                                           # (N, K)

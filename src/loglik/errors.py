@@ -51,7 +51,18 @@ class ModelLoadError(LoglikError, OSError):
 
 
 class TokenizationError(LoglikError, ValueError):
-    """The response tokens could not be made to decode exactly to the response text."""
+    """The response tokens could not be made to decode exactly to the response text.
+
+    ``source``/``line`` name the record when known (the message starts with them).
+    """
+
+    def __init__(self, message: str, *, source: str | None = None,
+                 line: int | None = None) -> None:
+        self.source, self.line, self.reason = source, line, message
+        where = ""
+        if source is not None:
+            where = source + (f" line {line}" if line is not None else "") + ": "
+        super().__init__(where + message)
 
 
 class ContextLengthError(InputError):

@@ -17,9 +17,13 @@ import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .types import Score
+
+if TYPE_CHECKING:
+    from .scorer import Scorer
+
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _VISIBLE = {" ": "␣", "\n": "↵", "\t": "→", "\r": "␍"}
@@ -165,23 +169,6 @@ class Explanation:
                    boundary=self.boundary, tokens=[r.to_dict() for r in self.rows])
         return out
 
-    def table(self) -> Any:
-        """A :class:`rich.table.Table` of the rows (print it with a rich Console)."""
-        from rich.table import Table
-
-        caption = f"log Pr(response | prompt) = {self.logprob:.4f} nats"
-        t = Table(title=f"{len(self.rows)} response tokens (boundary: {self.boundary})",
-                  caption=caption, show_lines=False)
-        for name in ("pos", "token", "log p", "p", "cumulative", "rank", "entropy"):
-            t.add_column(name, justify="left" if name == "token" else "right")
-        t.add_column("top alternatives")
-        for r in self.rows:
-            alts = "  ".join(f"{a.token} {a.prob:.2f}" for a in r.top)
-            t.add_row(str(r.position), r.token, f"{r.logprob:.4f}", f"{r.prob:.3f}",
-                      f"{r.cumulative:.4f}", "" if r.rank is None else str(r.rank),
-                      "" if r.entropy is None else f"{r.entropy:.3f}", alts)
-        return t
-
 
 def from_score(score: Score, tokenizer: Any = None, *, prompt: str | None = None,
                response: str | None = None) -> Explanation:
@@ -204,7 +191,7 @@ def from_score(score: Score, tokenizer: Any = None, *, prompt: str | None = None
                        score.id)
 
 
-def explain(scorer: Any, prompt: str, response: str, *, top_k: int = 5) -> Explanation:
+def explain(scorer: Scorer, prompt: str, response: str, *, top_k: int = 5) -> Explanation:
     """Score one pair and lay out every term of its decomposition.
 
     Args:

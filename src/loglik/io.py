@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
+import tempfile
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -35,9 +37,13 @@ class JsonlWriter:
         self.done += 1
 
     def close(self) -> None:
-        if self.path is not None:
+        """Flush; fsync and close a file (a device or pipe such as /dev/null is not fsync'd).
+
+        Closing twice is harmless."""
+        if self.path is not None and not self.handle.closed:
             self.handle.flush()
-            os.fsync(self.handle.fileno())
+            if stat.S_ISREG(os.fstat(self.handle.fileno()).st_mode):
+                os.fsync(self.handle.fileno())
             self.handle.close()
 
     def __enter__(self) -> JsonlWriter:
@@ -86,6 +92,43 @@ def open_jsonl_output(path: str | None, *, resume: bool = False) -> JsonlWriter:
     if not os.path.isdir(parent):
         raise InputError(f"output folder {parent} does not exist", source=path)
     return JsonlWriter(open(path, "w", encoding="utf-8", newline="\n"), path=path)
+
+
+def check_output(path: str | None, *, resume: bool = False, what: str = "output") -> None:
+    """Fail now, in one line, if ``path`` cannot be written (nothing is created or changed).
+
+    ``None`` or ``-`` is stdout. An existing device or pipe (``/dev/null``) takes JSONL; a
+    Parquet output and ``resume`` need a regular file.
+    """
+    if path in (None, "-"):
+        if resume:
+            raise InputError("--resume needs an output file (-o FILE), not stdout")
+        return
+    assert path is not None
+    if os.path.isdir(path):
+        raise InputError(f"the {what} is a folder; pass a file name inside it", source=path)
+    if os.path.exists(path):
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+        if not regular and (resume or is_parquet_path(path)):
+            raise InputError(f"the {what} is not a regular file (a device or pipe); "
+                             f"{'--resume' if resume else 'Parquet'} needs a file",
+                             source=path)
+        if not os.access(path, os.W_OK):
+            raise InputError(f"the {what} is not writable; choose another file or change "
+                             "its permissions", source=path)
+        if not regular:
+            return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError(f"{what} folder {parent} does not exist; create it first "
+                         f"(mkdir -p {parent})", source=path)
+    try:     # root passes os.access everywhere: try to create a file where the output goes
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".loglik-probe-")
+    except OSError as exc:
+        raise InputError(f"cannot write to folder {parent} ({exc.strerror}); choose a "
+                         "writable place", source=path) from None
+    os.close(fd)
+    os.remove(probe)
 
 
 # -- Parquet -----------------------------------------------------------------------------------
@@ -156,7 +199,7 @@ class ParquetWriter:
         self.parts_dir = path + ".parts"
         self.done, self.last_id = 0, None
         self._buffer: list[dict[str, Any]] = []
-        self._finished = False
+        self._finished = self._closed = False
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise InputError(f"output folder {parent} does not exist", source=path)
@@ -233,7 +276,10 @@ class ParquetWriter:
         self._buffer = []
 
     def close(self) -> None:
-        """Flush, then merge the parts into ``path`` (atomic) and remove them."""
+        """Flush, then merge the parts into ``path`` (atomic) and remove them (once)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._finished and not self._buffer:
             return                                   # resumed a finished file: unchanged
         self.flush()

@@ -20,11 +20,11 @@ float64 full forward per window.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+from .data import read_documents  # noqa: F401  (its home is data.py; kept importable here)
 from .errors import ConfigError, InputError
 from .types import Detail, Encoded, Example, Request, Score, TokenResult
 
@@ -124,7 +124,7 @@ def iter_text_scores(scorer: Scorer, documents: Iterable[Any], *, stride: int | 
             at += len(reqs)
             enc = Encoded((start,), tuple(ids), doc.response, "joint",
                           eos_scored=encoder.options.score_eos)
-            score = scorer._to_score(enc, merged, doc.id)
+            score = scorer.to_score(enc, merged, doc.id)
             score.extra["num_windows"] = len(reqs)
             yield score
         if len(chunk) < docs_per_chunk:
@@ -139,19 +139,6 @@ def score_text(scorer: Scorer, text: str, *, stride: int | None = None,
                                  rank=rank, entropy=entropy, top_k=top_k))
 
 
-def read_documents(path: str, *, text_field: str = "text", id_field: str = "id",
-                   fmt: str | None = None) -> Iterator[Example]:
-    """Stream the documents of a file, folder or glob as Examples (``response`` = the text)."""
-    from .data import expand_inputs, iter_records, string_field
-
-    for shard in expand_inputs(path):
-        source = "<stdin>" if shard == "-" else shard
-        for line, record in iter_records(shard, fmt):
-            text = string_field(record, text_field, hint="; pass --text-field NAME",
-                                source=source, line=line)
-            yield Example("", text, id=record.get(id_field), source=source, line=line)
-
-
 def corpus_perplexity(scorer: Scorer, documents: Iterable[Any], *, stride: int | None = None,
                       max_length: int | None = None) -> CorpusStats:
     """Pooled log-likelihood of a corpus: ``.perplexity`` (per token), ``.bits_per_byte``.
@@ -164,46 +151,3 @@ def corpus_perplexity(scorer: Scorer, documents: Iterable[Any], *, stride: int |
 
     return corpus_stats(iter_text_scores(scorer, documents, stride=stride,
                                          max_length=max_length))
-
-
-class CorpusTotals:
-    """Running corpus totals in constant memory (log-probs summed exactly with ``math.fsum``
-    in blocks), for the summary ``loglik score --text-field`` prints on stderr."""
-
-    def __init__(self) -> None:
-        self._logprobs: list[float] = []
-        self.documents = self.tokens = self.bytes = self.chars = 0
-
-    def add(self, score: Score | dict[str, Any]) -> None:
-        get = score.get if isinstance(score, dict) else lambda k: getattr(score, k)
-        self._logprobs.append(get("logprob"))
-        if len(self._logprobs) >= 4096:
-            self._logprobs = [math.fsum(self._logprobs)]
-        self.documents += 1
-        self.tokens += get("num_tokens")
-        self.bytes += get("num_bytes")
-        self.chars += get("num_chars")
-
-    def stats(self) -> CorpusStats:
-        from .metrics import CorpusStats
-
-        return CorpusStats(math.fsum(self._logprobs), self.documents, self.tokens, self.bytes,
-                           self.chars)
-
-    def summary(self) -> dict[str, Any]:
-        st = self.stats()
-        return {"documents": st.num_examples, "tokens": st.num_tokens, "bytes": st.num_bytes,
-                "logprob": st.total_logprob, "perplexity": st.perplexity,
-                "bits_per_byte": st.bits_per_byte}
-
-
-def totals_from_output(path: str) -> CorpusTotals:
-    """Re-read the totals of a finished output (JSONL or Parquet), streaming."""
-    from .data import iter_records
-    from .io import is_parquet_path
-
-    totals = CorpusTotals()
-    fmt = "parquet" if is_parquet_path(path) else "jsonl"
-    for _, record in iter_records(path, fmt):
-        totals.add(record)
-    return totals

@@ -21,13 +21,17 @@ the correction telescopes: ``Σ corrected = logprob + log B(end) − log B(start
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .tokenize import as_text_tokenizer
 from .types import Score
+
+if TYPE_CHECKING:
+    from .scorer import Scorer
+
 
 LN2 = math.log(2)
 
@@ -58,10 +62,12 @@ def bits_per_byte(total_logprob: float, num_bytes: int) -> float:
 
 @dataclass(frozen=True)
 class CorpusStats:
-    """Totals over a set of scores and the normalisations derived from them.
+    """Totals over a set of scores and the normalisations derived from them: the one type
+    for corpus totals (compare, ``score --text-field``, the trainer's evaluations).
 
-    ``logprob_mean`` is per example; the ``_per_*`` figures divide the *total* by the total
-    count (a token-weighted mean); ``perplexity`` and ``bits_per_byte`` follow from them.
+    Every figure names its unit: ``logprob_per_example`` divides the total by the number of
+    examples, ``logprob_per_token`` / ``_per_byte`` / ``_per_char`` by the total count (a
+    token-weighted mean); ``perplexity`` (per token) and ``bits_per_byte`` follow from them.
     """
 
     total_logprob: float
@@ -71,8 +77,13 @@ class CorpusStats:
     num_chars: int
 
     @property
-    def logprob_mean(self) -> float:
+    def logprob_per_example(self) -> float:
         return per_unit(self.total_logprob, self.num_examples)
+
+    @property
+    def logprob_mean(self) -> float:
+        """Old name of :attr:`logprob_per_example` (per example, not per token)."""
+        return self.logprob_per_example
 
     @property
     def logprob_per_token(self) -> float:
@@ -96,22 +107,41 @@ class CorpusStats:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for name in ("logprob_mean", "logprob_per_token", "logprob_per_byte",
+        for name in ("logprob_per_example", "logprob_per_token", "logprob_per_byte",
                      "logprob_per_char", "perplexity", "bits_per_byte"):
             out[name] = getattr(self, name)
         return out
 
 
-def corpus_stats(scores: Iterable[Score]) -> CorpusStats:
-    """Pool scores: fp64-exact sum of log-probs (``math.fsum``) and summed counts."""
-    lps, n, tokens, nbytes, chars = [], 0, 0, 0, 0
+class CorpusTotals:
+    """Running corpus totals in constant memory: add scores (or output records), then
+    :meth:`stats`. Log-probs are summed with ``math.fsum`` in blocks of 4,096."""
+
+    def __init__(self) -> None:
+        self._logprobs: list[float] = []
+        self.num_examples = self.num_tokens = self.num_bytes = self.num_chars = 0
+
+    def add(self, score: Score | Mapping[str, Any]) -> None:
+        get = score.get if isinstance(score, Mapping) else lambda k: getattr(score, k)
+        self._logprobs.append(get("logprob"))
+        if len(self._logprobs) >= 4096:
+            self._logprobs = [math.fsum(self._logprobs)]
+        self.num_examples += 1
+        self.num_tokens += get("num_tokens")
+        self.num_bytes += get("num_bytes")
+        self.num_chars += get("num_chars")
+
+    def stats(self) -> CorpusStats:
+        return CorpusStats(math.fsum(self._logprobs), self.num_examples, self.num_tokens,
+                           self.num_bytes, self.num_chars)
+
+
+def corpus_stats(scores: Iterable[Score | Mapping[str, Any]]) -> CorpusStats:
+    """Pool scores (or output records): fp64 sum of log-probs and summed counts."""
+    totals = CorpusTotals()
     for s in scores:
-        lps.append(s.logprob)
-        n += 1
-        tokens += s.num_tokens
-        nbytes += s.num_bytes
-        chars += s.num_chars
-    return CorpusStats(math.fsum(lps), n, tokens, nbytes, chars)
+        totals.add(s)
+    return totals.stats()
 
 
 # -- per-word log-probs ------------------------------------------------------------------------
@@ -190,12 +220,8 @@ class Word:
     bow_logprob_before: float
     bow_logprob_after: float
 
-    @property
-    def surprisal_bits(self) -> float:
-        return -self.logprob / LN2
 
-
-def word_logprobs(scorer: Any, examples: Iterable[Any]) -> list[list[Word]]:
+def word_logprobs(scorer: Scorer, examples: Iterable[Any]) -> list[list[Word]]:
     """Per-word log-probs of each example's response, corrected and uncorrected.
 
     Words start at the first response token and at every word-initial token. A scored EOS
@@ -254,3 +280,39 @@ def word_logprobs(scorer: Any, examples: Iterable[Any]) -> list[list[Word]]:
                               before, after))
         out.append(words)
     return out
+
+
+def word_records(words: Iterable[Word], *, bits: bool = False) -> list[dict[str, Any]]:
+    """The ``words`` field of an output record: text, corrected and plain sums, token count.
+
+    In nats (``logprob``, ``logprob_uncorrected``), or in bits with ``bits`` (the same names
+    with ``_bits``: ``logprob_bits``, ``logprob_uncorrected_bits``).
+    """
+    unit, suffix = (1 / LN2, "_bits") if bits else (1.0, "")
+    return [{"text": w.text, f"logprob{suffix}": w.logprob * unit,
+             f"logprob_uncorrected{suffix}": w.logprob_uncorrected * unit,
+             "num_tokens": w.token_end - w.token_start} for w in words]
+
+
+def iter_scores_with_words(scorer: Any, examples: Iterable[Any], *, bits: bool = False,
+                           **options: Any) -> Iterable[Any]:
+    """``scorer.iter_scores`` with ``extra["words"]`` (:func:`word_records`) on every score.
+
+    The words need full next-token distributions, so each window of examples is run a
+    second time through :func:`word_logprobs`; a failed record (``on_error="record"``) gets
+    no words. ``options`` go to ``iter_scores``.
+    """
+    from itertools import islice
+
+    from .data import Fields, to_examples
+
+    stream = to_examples(examples, options.pop("fields", Fields()))
+    while True:
+        chunk = list(islice(stream, scorer.window))
+        scores = list(scorer.iter_scores(chunk, **options))
+        ok = [i for i, s in enumerate(scores) if isinstance(s, Score)]
+        for i, words in zip(ok, word_logprobs(scorer, [chunk[i] for i in ok])):
+            scores[i].extra["words"] = word_records(words, bits=bits)
+        yield from scores
+        if len(chunk) < scorer.window:
+            return

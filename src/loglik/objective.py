@@ -13,6 +13,10 @@ Batch format (the Hugging Face convention, so it plugs into ``transformers.Train
     labels          (B, T)  the response tokens where they sit, -100 elsewhere
                             (context, BOS, padding); position t predicts labels[t+1]
 
+A packed batch (:func:`loglik.train_packing.collate_packed`: several examples per row,
+``position_ids`` restarting per example and ``sequence_ids`` for the block-diagonal mask)
+gives the same loss and gradients as the padded one.
+
 Reductions (``reduction=``):
 
 * ``"sum"``: the summed NLL of every response token, in nats.
@@ -40,8 +44,11 @@ from typing import Any, Literal
 
 import torch
 
+from .backends.hf.adapter import last_hidden, logit_transform
 from .errors import ConfigError
-from .logprobs import CHUNK_BYTES, shift
+from .backends.hf.packed import mask_for_layers
+from .logprobs import chunk_rows, shift
+from .masks import RowLayout, allowed
 
 IGNORE = -100
 Reduction = Literal["sum", "token_mean", "sequence_mean"]
@@ -82,7 +89,9 @@ def conditional_nll(model: Any, batch: dict[str, torch.Tensor], *,
 
     Args:
         model: a ``transformers`` causal LM (``AutoModelForCausalLM``).
-        batch: ``input_ids``, ``attention_mask``, ``labels`` (see :func:`collate`), (B, T).
+        batch: ``input_ids``, ``attention_mask``, ``labels`` (see :func:`collate`), (B, T);
+            or a packed batch (:func:`loglik.train_packing.collate_packed`: ``position_ids``
+            and ``sequence_ids`` instead of ``attention_mask``).
         reduction: ``"sum"``, ``"token_mean"`` or ``"sequence_mean"`` (module docstring).
         num_items_in_batch: the divisor of the means for the whole optimisation step
             (response tokens for ``token_mean``, sequences for ``sequence_mean``); default:
@@ -102,6 +111,35 @@ def conditional_nll(model: Any, batch: dict[str, torch.Tensor], *,
     return loss
 
 
+def packed_attention_mask(config: Any, sequence_ids: torch.Tensor, position_ids: torch.Tensor,
+                          dtype: torch.dtype) -> Any:
+    """The ``attention_mask`` argument of a packed batch: additive (B, 1, T, T), 0 where a
+    query may attend to a key of its own example at or before it, dtype-min elsewhere (or
+    ``{layer_type: mask}`` for models with sliding-window layers)."""
+    empty = torch.zeros(0, dtype=torch.long)
+    layout = RowLayout(input_ids=sequence_ids, position_ids=position_ids,
+                       unit_ids=sequence_ids, branch_ids=torch.full_like(sequence_ids, -1),
+                       rows=empty, cols=empty, targets=empty, order=[], lengths=[])
+    return mask_for_layers(config, lambda window: allowed(layout, window), dtype)
+
+
+def model_inputs(model: Any, batch: dict[str, torch.Tensor],
+                 device: torch.device) -> dict[str, Any]:
+    """``input_ids``, ``attention_mask`` (and ``position_ids`` when packed) on ``device``."""
+    ids = batch["input_ids"].to(device)                                  # (B, T)
+    if "sequence_ids" not in batch:
+        mask = batch.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask.to(device)  # (B, T)
+        return {"input_ids": ids, "attention_mask": mask}
+    dtype = next(model.parameters()).dtype
+    mask = packed_attention_mask(model.config, batch["sequence_ids"], batch["position_ids"],
+                                 dtype if dtype.is_floating_point else torch.float32)
+    mask = {k: v.to(device) for k, v in mask.items()} if isinstance(mask, dict) \
+        else mask.to(device)
+    return {"input_ids": ids, "attention_mask": mask,
+            "position_ids": batch["position_ids"].to(device)}
+
+
 def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
                  reduction: Reduction = "sum", num_items_in_batch: int | None = None,
                  chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,9 +147,8 @@ def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
     if reduction not in REDUCTIONS:
         raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     device = next(model.parameters()).device
-    ids = batch["input_ids"].to(device)                                   # (B, T)
-    mask = batch.get("attention_mask")
-    mask = torch.ones_like(ids) if mask is None else mask.to(device)      # (B, T)
+    inputs = model_inputs(model, batch, device)   # a packed batch brings its 4D mask
+    ids = inputs["input_ids"]                                              # (B, T)
     _, targets = shift(ids.unsqueeze(-1), batch["labels"].to(device))     # (B, T-1)
     rows, cols = (targets != IGNORE).nonzero(as_tuple=True)               # (N,), (N,)
     tgt = targets[rows, cols]                                              # (N,)
@@ -119,11 +156,10 @@ def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
 
     body = model.base_model if model.base_model is not model else None
     head = model.get_output_embeddings()
-    transform = _logit_transform(model.config)
+    transform = logit_transform(model.config)
     if body is not None and isinstance(head, torch.nn.Linear) and transform is None:
-        out = body(input_ids=ids, attention_mask=mask, use_cache=False)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        h, _ = shift(hidden, targets)                                      # (B, T-1, H)
+        out = body(**inputs, use_cache=False)
+        h, _ = shift(last_hidden(out), targets)                            # (B, T-1, H)
         h = h[rows, cols]                                                  # (N, H)
         weight, bias = head.weight, head.bias
         if not torch.is_grad_enabled():   # no backward will come: skip computing gradients
@@ -132,7 +168,7 @@ def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
         loss, token_nll = FusedLinearNLL.apply(h, weight, bias, tgt, scale,
                                                _chunk(chunk_size, weight.shape[0]))
     else:   # a logit transform or an unusual head: per-token NLL from the model's logits
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B,T,V)
+        logits = model(**inputs, use_cache=False).logits                   # (B, T, V)
         lg, _ = shift(logits, targets)                                     # (B, T-1, V)
         lg = lg[rows, cols].float()                                        # (N, V)
         token_nll = torch.logsumexp(lg, -1) - lg.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
@@ -158,13 +194,7 @@ def _scale(reduction: str, rows: torch.Tensor, num_items: int | torch.Tensor | N
 
 
 def _chunk(chunk_size: int | None, vocab_size: int) -> int:
-    return chunk_size or max(16, CHUNK_BYTES // (4 * max(vocab_size, 1)))
-
-
-def _logit_transform(config: Any):
-    from .backends.hf import _logit_transform as transform_of
-
-    return transform_of(config)
+    return chunk_size or chunk_rows(vocab_size)
 
 
 class FusedLinearNLL(torch.autograd.Function):

@@ -46,9 +46,16 @@ class Progress:
                   flush=True)
 
     def close(self) -> None:
+        """Stop the bar; without one (not a terminal), say where the count ended."""
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+        elif self.enabled and self.count:
+            total = f"/{self.total}" if self.total else ""
+            elapsed = time.monotonic() - self._start
+            print(f"{self.description}: {self.count}{total} in {elapsed:.1f} s", file=sys.stderr,
+                  flush=True)
+            self.enabled = False          # once
 
     def __enter__(self) -> Progress:
         return self

@@ -1,7 +1,10 @@
 """Text to token ids, owning the BOS and prompt/response boundary rules (shared/DESIGN.md).
 
-Boundary: trailing whitespace of the prompt moves to the front of the response
-(``whitespace="move"``, the usual convention; ``"keep"`` leaves the texts alone). The prompt
+Boundary: trailing whitespace of the prompt moves to the front of a non-empty response
+(``whitespace="move"``, the usual convention; ``"keep"`` leaves the texts alone). An empty
+response stays empty whatever the policy: it scores 0.0 with 0 tokens. The scored text (the
+response after the move, ``Encoded.response_text``) is what ``Score.num_bytes`` and
+``Score.num_chars`` count: ``("The capital is ", "Paris")`` scores ``" Paris"``, 6 bytes. The prompt
 is tokenized alone and together with the response. When the prompt's tokens are a prefix of
 the joint tokens, the response tokens are the rest (``boundary="joint"``, canonical). When
 the tokenizer merged across the boundary, the context is the prompt's own tokens and the
@@ -15,6 +18,14 @@ after the prompt's, give exactly the prompt's text followed by the response text
 If no candidate decodes exactly, :class:`~loglik.errors.TokenizationError` is raised: never an
 empty or wrong slice in silence.
 
+Where no candidate can be checked because the tokenizer's decode does not reproduce the text
+(WordPiece, whitespace-splitting decoders), the error says it is the tokenizer's fault.
+
+Special tokens: ``</s>``, ``<|endoftext|>`` typed in a prompt or response are tokenized as
+characters (the tokenizer's ``split_special_tokens``) unless ``parse_special``. Examples given
+as token ids (:meth:`Encoder.encode_ids`) skip the boundary rule; conversations are rendered by
+:mod:`loglik.chat`.
+
 BOS: ``auto`` adds BOS when the tokenizer itself adds it, ``always`` adds it, ``never`` does
 not. BOS is never doubled (a prompt whose tokens already start with BOS gets no second one)
 and never scored. An empty prompt conditions on BOS, or EOS where there is no BOS, whatever
@@ -27,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from .errors import ConfigError, ContextLengthError, TokenizationError
+from .errors import ConfigError, ContextLengthError, InputError, TokenizationError
 from .types import Encoded, Example
 
 BosPolicy = Literal["auto", "always", "never"]
@@ -48,10 +59,16 @@ class TextTokenizer(Protocol):
 
 
 class HFTokenizer:
-    """Adapter over a Hugging Face tokenizer: batch encoding without special tokens."""
+    """Adapter over a Hugging Face tokenizer: batch encoding without special tokens.
 
-    def __init__(self, tokenizer: Any) -> None:
+    Special-token strings in the text (``</s>``, ``<|endoftext|>``) are ordinary characters
+    unless ``parse_special`` (the tokenizer's ``split_special_tokens``): control tokens come
+    from the BOS/EOS policy and from chat templates, never from what a user typed.
+    """
+
+    def __init__(self, tokenizer: Any, *, parse_special: bool = False) -> None:
         self.hf = tokenizer
+        self.parse_special = parse_special
         self.bos_token_id = tokenizer.bos_token_id
         self.eos_token_id = tokenizer.eos_token_id
         with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
@@ -65,7 +82,12 @@ class HFTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self.hf(list(texts), add_special_tokens=False)["input_ids"]
+        # verbose=False: no "longer than the maximum sequence length ... indexing errors"
+        # warning. Every caller handles the length itself: the Encoder checks the model's
+        # context (error or --truncate left), longtext cuts windows, train_data cuts blocks.
+        # split_special_tokens: special-token strings the user typed stay text.
+        return self.hf(list(texts), add_special_tokens=False, verbose=False,
+                       split_special_tokens=not self.parse_special)["input_ids"]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False,
@@ -78,11 +100,19 @@ class HFTokenizer:
         return len(self.hf)
 
 
-def as_text_tokenizer(tokenizer: Any) -> TextTokenizer:
-    """Wrap a Hugging Face tokenizer; pass through anything that already fits the protocol."""
+def as_text_tokenizer(tokenizer: Any, *, parse_special: bool | None = None) -> TextTokenizer:
+    """Wrap a Hugging Face tokenizer; pass through anything that already fits the protocol.
+
+    ``parse_special`` (None: keep what ``tokenizer`` already does, else False) re-wraps an
+    :class:`HFTokenizer` that treats special-token strings the other way.
+    """
+    if isinstance(tokenizer, HFTokenizer):
+        if parse_special is None or parse_special == tokenizer.parse_special:
+            return tokenizer
+        return HFTokenizer(tokenizer.hf, parse_special=parse_special)
     if hasattr(tokenizer, "encode_batch") and hasattr(tokenizer, "adds_bos"):
         return tokenizer
-    return HFTokenizer(tokenizer)
+    return HFTokenizer(tokenizer, parse_special=bool(parse_special))
 
 
 @dataclass(frozen=True)
@@ -93,8 +123,14 @@ class EncodeOptions:
     score_eos: bool = False
     whitespace: Literal["move", "keep"] = "move"
     truncate: Literal["error", "left"] = "error"
+    parse_special: bool = False
+    turns: Literal["last", "all"] = "last"      # conversations: which assistant turns
+    end_of_turn: bool = True                    # conversations: score the end-of-turn tokens
+    chat_template: str | None = None            # conversations: Jinja text over the tokenizer's
 
     def __post_init__(self) -> None:
+        if self.turns not in ("last", "all"):
+            raise ConfigError(f"turns must be 'last' or 'all', got {self.turns!r}")
         if self.bos not in ("auto", "always", "never"):
             raise ConfigError(f"bos must be 'auto', 'always' or 'never', got {self.bos!r}")
         if self.whitespace not in ("move", "keep"):
@@ -103,12 +139,24 @@ class EncodeOptions:
             raise ConfigError(f"truncate must be 'error' or 'left', got {self.truncate!r}")
 
 
+def _where(ex: Example) -> dict[str, Any]:
+    """The record's place, for an error message (TokenizationError takes it like InputError)."""
+    return dict(source=ex.source, line=ex.line)
+
+
 def move_whitespace(prompt: str, response: str) -> tuple[str, str]:
-    """Move the prompt's trailing whitespace to the front of the response.
+    """Move the prompt's trailing whitespace to the front of a non-empty response.
+
+    An empty response stays empty (and the prompt keeps its whitespace): moving must never
+    turn "nothing" into a scored space.
 
     >>> move_whitespace("The capital of France is ", "Paris")
     ('The capital of France is', ' Paris')
+    >>> move_whitespace("x = ", "")
+    ('x = ', '')
     """
+    if not response:
+        return prompt, response
     stripped = prompt.rstrip()
     return stripped, prompt[len(stripped):] + response
 
@@ -125,8 +173,9 @@ class Encoder:
 
     def __init__(self, tokenizer: Any, options: EncodeOptions | None = None,
                  max_length: int | None = None) -> None:
-        self.tok = as_text_tokenizer(tokenizer)
         self.options = options or EncodeOptions()
+        self.tok = as_text_tokenizer(tokenizer, parse_special=self.options.parse_special)
+        self.chat_renderer: Any = None   # loglik.chat.ChatRenderer, made on first use
         self.max_length = max_length
         if self.options.score_eos and self.tok.eos_token_id is None:
             raise ConfigError("score_eos needs an EOS token, and this tokenizer has none")
@@ -150,12 +199,56 @@ class Encoder:
         return self.encode_many([Example(prompt, response)])[0]
 
     def encode_many(self, examples: Sequence[Example]) -> list[Encoded]:
-        """Encode a batch of examples with two batched tokenizer calls (plus fallbacks)."""
-        pairs = [self._texts(ex) for ex in examples]
+        """Encode a batch of examples with two batched tokenizer calls (plus fallbacks).
+
+        Examples that carry token ids (:meth:`encode_ids`) or a conversation
+        (:func:`loglik.chat.encode_chat`) take their own path, in place.
+        """
+        text = [ex for ex in examples if ex.prompt_ids is None and ex.messages is None]
+        pairs = [self._texts(ex) for ex in text]
         prompt_ids = self.tok.encode_batch([p for p, _ in pairs])
         joint_ids = self.tok.encode_batch([p + r for p, r in pairs])
-        return [self._finish(ex, p, r, pi, ji)
-                for ex, (p, r), pi, ji in zip(examples, pairs, prompt_ids, joint_ids)]
+        done = iter([self._finish(ex, p, r, pi, ji)
+                     for ex, (p, r), pi, ji in zip(text, pairs, prompt_ids, joint_ids)])
+        return [self.encode_ids(ex) if ex.prompt_ids is not None
+                else self._encode_chat(ex) if ex.messages is not None
+                else next(done) for ex in examples]
+
+    def encode_ids(self, ex: Example) -> Encoded:
+        """An example given as token ids: scored as given (``boundary="ids"``).
+
+        No boundary rule and no BOS added (``bos="always"`` adds one unless the ids start
+        with it); an empty prompt conditions on BOS (or EOS). The response text, for the
+        byte/char counts, is what the response ids add to the prompt ids' decode.
+        """
+        prompt_ids, response_ids = list(ex.prompt_ids or ()), list(ex.response_ids or ())
+        size = len(self.tok)
+        for name, ids in (("prompt_ids", prompt_ids), ("response_ids", response_ids)):
+            bad = [t for t in ids if t >= size]
+            if bad:
+                raise InputError(f"token id {bad[0]} is outside the tokenizer's vocabulary "
+                                 f"({size} tokens); were these ids made by another tokenizer?",
+                                 source=ex.source, line=ex.line, field=name)
+        head = self.tok.decode(prompt_ids)
+        full = self.tok.decode(prompt_ids + response_ids)
+        text = full[len(head):] if full.startswith(head) else self.tok.decode(response_ids)
+        bos = self.tok.bos_token_id
+        if not prompt_ids:
+            context = [self.start_token()]
+        elif self.options.bos == "always" and prompt_ids[0] != bos:
+            context = [bos, *prompt_ids]
+        else:
+            context = prompt_ids
+        if self.options.score_eos:
+            response_ids.append(self.tok.eos_token_id)
+        context, dropped = self.fit_context(ex, context, response_ids)
+        return Encoded(tuple(context), tuple(response_ids), text, "ids", dropped,
+                       self.options.score_eos)
+
+    def _encode_chat(self, ex: Example) -> Encoded:
+        from .chat import encode_chat
+
+        return encode_chat(self, ex)
 
     def _texts(self, ex: Example) -> tuple[str, str]:
         if self.options.whitespace == "move":
@@ -167,8 +260,15 @@ class Encoder:
         n = len(prompt_ids)
         if joint_ids[:n] == prompt_ids:
             boundary, response_ids = "joint", list(joint_ids[n:])
+            if response and not response_ids:
+                raise TokenizationError(
+                    f"the tokenizer gives no tokens for the response {response[:40]!r} after "
+                    "the prompt (its pre-tokenizer drops this text): a fault of the "
+                    "tokenizer, not of the record; score it with a tokenizer that keeps "
+                    "whitespace, or give prompt_ids/response_ids", **_where(ex))
         else:
-            boundary, response_ids = "split", self._split_response(prompt_ids, response)
+            boundary, response_ids = "split", self.continuation_ids(prompt, prompt_ids, response,
+                                                                ex)
         bos = self.tok.bos_token_id
         if not prompt_ids:
             context = [self.start_token()]
@@ -179,10 +279,11 @@ class Encoder:
         eos_scored = self.options.score_eos
         if eos_scored:
             response_ids.append(self.tok.eos_token_id)
-        context, dropped = self._fit(ex, context, response_ids)
+        context, dropped = self.fit_context(ex, context, response_ids)
         return Encoded(tuple(context), tuple(response_ids), response, boundary, dropped, eos_scored)
 
-    def _split_response(self, prompt_ids: list[int], response: str) -> list[int]:
+    def continuation_ids(self, prompt: str, prompt_ids: list[int], response: str, ex: Example
+                        ) -> list[int]:
         if not response:
             return []
         head = self.tok.decode(prompt_ids)
@@ -196,13 +297,22 @@ class Encoder:
         for ids in options:
             if self.tok.decode(prompt_ids + ids) == target:
                 return list(ids)
+        joint = self.tok.encode_batch([prompt + response])[0]
+        if head != prompt or self.tok.decode(joint) != prompt + response:
+            raise TokenizationError(
+                f"the tokenizer's decode is lossy: the prompt ending {head[-40:]!r} and the "
+                f"response {response[:40]!r} tokenize to tokens that decode to different "
+                "text (the tokenizer drops or normalises characters), so no response tokens "
+                "can be checked against the response text; a fault of the tokenizer, not of "
+                "the record: use a tokenizer whose decode round-trips, or give "
+                "prompt_ids/response_ids", **_where(ex))
         raise TokenizationError(
             f"cannot tokenize the response {response[:40]!r} as a continuation of the prompt "
             f"ending {head[-40:]!r}: the tokenizer merges across the boundary and no "
             "tokenization of the response alone decodes back to it exactly; try "
-            "whitespace='keep' or move the boundary")
+            "whitespace='keep' or move the boundary", **_where(ex))
 
-    def _fit(self, ex: Example, context: list[int], response_ids: list[int]
+    def fit_context(self, ex: Example, context: list[int], response_ids: list[int]
              ) -> tuple[list[int], int]:
         """Check the model's context; drop prompt tokens from the left when allowed."""
         limit = self.max_length
@@ -221,3 +331,102 @@ class Encoder:
             raise ContextLengthError(f"example {why}; {fix}", **where)
         dropped = len(context) - keep_bos - room
         return context[:keep_bos] + context[keep_bos + dropped:], dropped
+
+
+def token_texts(tok: TextTokenizer, enc: Encoded) -> list[str]:
+    """Each response token's piece of the scored text; the pieces concatenate to
+    ``enc.response_text`` exactly.
+
+    A token's piece is the characters its bytes complete (``Ġ`` and ``▁`` become the spaces
+    they stand for). A token that ends inside a UTF-8 character (byte-level BPE and
+    byte-fallback tokens split emoji and CJK characters) completes none: its piece is ``""``
+    and the token that completes the character carries all of it. A scored EOS is ``""`` (it
+    is not part of the text). Tokenizers whose tokens are not bytes (neither byte-level nor
+    ``▁``/byte-fallback) get each token's decoded text after a few tokens of context.
+
+    Example (GPT-2 byte-level BPE; the emoji is split over two tokens)::
+
+        " 🦜 ok" as 'ĠðŁ', '¦', 'ľ', 'Ġok'  ->  [' ', '', '🦜', ' ok']
+    """
+    import codecs
+
+    text, ids = enc.response_text, list(enc.response_ids)
+    scored = ids[:-1] if enc.eos_scored else ids
+    tail = [""] if enc.eos_scored else []
+    if not scored:
+        return tail
+    raw = _token_bytes(tok, scored)
+    if raw is not None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pieces = [decoder.decode(b) for b in raw]
+        pieces[-1] += decoder.decode(b"", final=True)
+        extra = len("".join(pieces)) - len(text)
+        if extra > 0 and pieces[0][:extra].isspace():   # SentencePiece's prefix space on a
+            pieces[0] = pieces[0][extra:]               # text that starts the document
+        if "".join(pieces) == text:
+            return pieces + tail
+    return _pieces_by_decoding(tok, list(enc.context_ids), scored, text) + tail
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte, inverted (char -> byte)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def _token_bytes(tok: TextTokenizer, ids: list[int]) -> list[bytes] | None:
+    """The UTF-8 bytes each token stands for, when the tokenizer's tokens are bytes."""
+    hf = getattr(tok, "hf", None)
+    backend = getattr(hf, "backend_tokenizer", None)
+    decoder = str(getattr(backend, "decoder", "")) if backend is not None else ""
+    pieces = tok.convert_ids_to_tokens(ids)
+    if "ByteLevel" in decoder:
+        alphabet = _byte_level_alphabet()
+        if not all(c in alphabet for p in pieces for c in p):
+            return None
+        return [bytes(alphabet[c] for c in p) for p in pieces]
+    if "ByteFallback" in decoder or "Metaspace" in decoder:
+        return [bytes([int(p[3:5], 16)]) if len(p) == 6 and p.startswith("<0x") and
+                p.endswith(">") else p.replace("\u2581", " ").encode("utf-8") for p in pieces]
+    return None
+
+
+#: tokens of left context decoded with each token (spacing rules depend on the neighbour)
+_PIECE_CONTEXT = 8
+
+
+def _pieces_by_decoding(tok: TextTokenizer, context: list[int], scored: list[int],
+                        text: str) -> list[str]:
+    """Fallback: the text each token adds when decoded after a few tokens of context."""
+    seq = context[-_PIECE_CONTEXT:] + scored
+    first = len(seq) - len(scored)
+    windows = []
+    for k in range(first, len(seq)):
+        a = max(0, k - _PIECE_CONTEXT)
+        windows += [seq[a:k], seq[a:k + 1]]
+    decoded = _decode_each(tok, windows)
+    pieces, at = [], 0
+    for j in range(len(scored)):
+        before, after = decoded[2 * j].rstrip("\ufffd"), decoded[2 * j + 1].rstrip("\ufffd")
+        end = min(len(text), at + max(0, len(after) - len(before)))
+        if j == len(scored) - 1:
+            end = len(text)               # whatever the tokenizer's quirks, the pieces add up
+        pieces.append(text[at:end])
+        at = end
+    return pieces
+
+
+def _decode_each(tok: TextTokenizer, seqs: list[list[int]]) -> list[str]:
+    hf = getattr(tok, "hf", None)
+    if hf is not None:   # one call into the Rust tokenizer
+        return hf.batch_decode(seqs, skip_special_tokens=False,
+                               clean_up_tokenization_spaces=False)
+    return [tok.decode(s) for s in seqs]

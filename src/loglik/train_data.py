@@ -13,18 +13,22 @@ Two kinds of input, both read with the scorer's readers and encoded by its
   than ``block_size`` tokens is cut into blocks of ``block_size`` response tokens, each
   conditioned on that start token again.
 
-Batches come from the scorer's planner (:func:`loglik.plan.plan_batches`): examples of
-similar length together, at most ``batch_tokens`` padded tokens per batch. The order of the
-batches is shuffled per epoch from the seed, so a resumed run sees the same order.
+Micro-batches hold at most ``batch_tokens`` tokens and ``batch_size`` examples (default:
+:func:`auto_batch_size`, so small data still give an epoch of many optimiser steps). Packed
+(:mod:`loglik.train_packing`), they take the epoch's permuted examples as they come; padded,
+the scorer's planner (:func:`loglik.plan.plan_batches`) groups examples of similar length.
+The order is shuffled per epoch from the seed, so a resumed run sees the same order.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from .data import Fields, iter_records, read_examples, string_field
+from .data import Fields, expand_inputs, read_documents, read_examples
 from .errors import InputError
 from .plan import plan_batches
 from .tokenize import Encoder
@@ -36,7 +40,10 @@ WINDOW = 1024
 
 def is_text_input(path: str, text_field: str | None) -> bool:
     """Plain text when a text field is named or the file ends in ``.txt``."""
-    return text_field is not None or Path(path).suffix.lower() == ".txt"
+    if text_field is not None or Path(path).suffix.lower() == ".txt":
+        return True
+    shards = expand_inputs(path)                     # a folder of .txt files
+    return all(s.lower().endswith(".txt") for s in shards)
 
 
 def load_examples(path: str, encoder: Encoder, *, text_field: str | None = None,
@@ -63,38 +70,8 @@ def _encode_all(examples: Iterator[Example], encoder: Encoder) -> list[Encoded]:
 
 def iter_documents(path: str, *, text_field: str | None = None, fmt: str | None = None
                    ) -> Iterator[Example]:
-    """Documents of a text input as ``Example("", document)`` (file and line kept)."""
-    if text_field is None:
-        yield from _txt_documents(path)
-        return
-    for line, record in iter_records(path, fmt):
-        text = string_field(record, text_field, hint="; pass --text-field NAME",
-                            source=path, line=line)
-        if text:
-            yield Example("", text, source=path, line=line)
-
-
-def _txt_documents(path: str) -> Iterator[Example]:
-    try:
-        handle = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("no such file", source=path) from None
-    lines: list[str] = []
-    start = 1
-    with handle:
-        try:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    if not lines:
-                        start = number
-                    lines.append(line)
-                elif lines:
-                    yield Example("", "".join(lines).rstrip("\n"), source=path, line=start)
-                    lines = []
-        except UnicodeDecodeError:
-            raise InputError("not valid UTF-8; re-encode the file as UTF-8", source=path) from None
-    if lines:
-        yield Example("", "".join(lines).rstrip("\n"), source=path, line=start)
+    """Non-empty documents of a text input (file, folder or glob) as ``Example("", text)``."""
+    return (d for d in read_documents(path, text_field=text_field, fmt=fmt) if d.response)
 
 
 def load_text(path: str, encoder: Encoder, *, text_field: str | None = None,
@@ -128,27 +105,104 @@ def row_length(enc: Encoded) -> int:
 
 
 # Version of the epoch order: checkpoints record it, so a run resumes in its own order.
-PLAN_VERSION = 2
+# 1: input order; 2: examples permuted; 3: at most ``batch_size`` examples per micro-batch,
+# and packed micro-batches take the permuted examples as they come.
+PLAN_VERSION = 3
+
+# The default micro-batch: at most this many examples ...
+MIN_AUTO_BATCH = 8
+# ... unless the data are large enough for an epoch of about this many optimiser steps.
+AUTO_STEPS = 100
+
+
+def auto_batch_size(num_examples: int, *, grad_accum: int = 1, processes: int = 1) -> int:
+    """Examples per micro-batch when the user names none: ``max(8, ceil(N / (100 x
+    grad_accum x processes)))``, so an epoch has about 100 optimiser steps, or as many as
+    the data allow with 8 examples per micro-batch (the token budget applies as well).
+
+    >>> auto_batch_size(192), auto_batch_size(100_000), auto_batch_size(100_000, processes=4)
+    (8, 1000, 250)
+    """
+    return max(MIN_AUTO_BATCH, math.ceil(num_examples / (AUTO_STEPS * grad_accum * processes)))
 
 
 def plan_epoch(encoded: Sequence[Encoded], batch_tokens: int, *, seed: int, epoch: int,
-               version: int = PLAN_VERSION) -> list[tuple[int, ...]]:
-    """Token-budget batches (indices into ``encoded``) in this epoch's shuffled order.
+               version: int = PLAN_VERSION, batch_size: int | None = None,
+               pack: bool = False) -> list[tuple[int, ...]]:
+    """Micro-batches (indices into ``encoded``) in this epoch's shuffled order.
 
-    The examples are permuted before planning, so examples of equal length meet different
-    batch neighbours from epoch to epoch; then the batches' order is shuffled. ``version=1``
-    (checkpoints written before that change) plans the examples in input order.
+    The examples are permuted from ``seed`` and ``epoch``. Padded (``pack=False``): the
+    scorer's planner groups examples of similar length, at most ``batch_tokens`` padded
+    tokens and ``batch_size`` examples per micro-batch. Packed: the permuted examples are
+    taken as they come, at most ``batch_tokens`` tokens and ``batch_size`` examples per
+    micro-batch (rows are packed by :func:`loglik.train_packing.collate_packed`, so lengths
+    need not match). Then the micro-batches' order is shuffled. ``version`` 1 and 2
+    (checkpoints written before) plan as those versions did.
     """
     rng = random.Random(seed * 1_000_003 + epoch)
     perm = list(range(len(encoded)))
     if version >= 2:
         rng.shuffle(perm)
-    plan = plan_batches([row_length(encoded[i]) for i in perm], batch_tokens)
-    batches = [tuple(perm[j] for j in b.indices) for b in plan.batches]
+    if version < 3:
+        batch_size, pack = None, False
+    lengths = [row_length(encoded[i]) for i in perm]
+    if pack:
+        batches = _consecutive(perm, lengths, batch_tokens, batch_size)
+    else:
+        plan = plan_batches(lengths, batch_tokens, max_batch_size=batch_size)
+        batches = [tuple(perm[j] for j in b.indices) for b in plan.batches]
     rng.shuffle(batches)
+    return batches
+
+
+def _consecutive(perm: Sequence[int], lengths: Sequence[int], batch_tokens: int,
+                 batch_size: int | None) -> list[tuple[int, ...]]:
+    """Cut ``perm`` into runs of at most ``batch_tokens`` tokens and ``batch_size`` items
+    (an item longer than the budget alone); items of length 0 are left out."""
+    batches: list[tuple[int, ...]] = []
+    current: list[int] = []
+    used = 0
+    for i, n in zip(perm, lengths):
+        if n == 0:
+            continue
+        full = batch_size is not None and len(current) >= batch_size
+        if current and (used + n > batch_tokens or full):
+            batches.append(tuple(current))
+            current, used = [], 0
+        current.append(i)
+        used += n
+    if current:
+        batches.append(tuple(current))
     return batches
 
 
 def steps_of(batches: Sequence[tuple[int, ...]], grad_accum: int) -> list[list[tuple[int, ...]]]:
     """Group batches into optimiser steps of ``grad_accum`` micro-batches (last may be short)."""
     return [list(batches[i:i + grad_accum]) for i in range(0, len(batches), grad_accum)]
+
+
+def plan_record(train_set: list[Encoded], plans: list[Any], opts: Any, *,
+                 batch_size: int, packed: bool, processes: int) -> dict[str, Any]:
+    """The run's plan as the first record of ``log.jsonl`` ("kind": "plan")."""
+    steps = sum(len(p) for p in plans)
+    tokens = sum(row_length(e) for e in train_set if e.response_ids) * opts.epochs
+    response = sum(e.num_tokens for e in train_set) * opts.epochs
+    return {"kind": "plan", "examples": len(train_set), "epochs": opts.epochs,
+            "steps": steps, "steps_per_epoch": [len(p) for p in plans],
+            "tokens_per_step": tokens / steps if steps else 0.0,
+            "response_tokens_per_step": response / steps if steps else 0.0,
+            "batch_size": batch_size, "batch_tokens": opts.batch_tokens,
+            "grad_accum": opts.grad_accum, "processes": processes, "packed": packed}
+
+
+def plan_line(r: dict[str, Any]) -> str:
+    """The plan as the line printed at the start of a run."""
+    per_epoch = r["steps_per_epoch"]
+    span = (f"{per_epoch[0]}" if len(set(per_epoch)) == 1
+            else f"{min(per_epoch)}-{max(per_epoch)}")
+    return (f"{r['examples']} examples: {r['steps']} optimiser steps ({span} per epoch x "
+            f"{r['epochs']}), ~{r['tokens_per_step']:.0f} tokens "
+            f"({r['response_tokens_per_step']:.0f} response tokens) per step; micro-batches of "
+            f"at most {r['batch_size']} examples and {r['batch_tokens']} tokens, "
+            f"{'packed rows' if r['packed'] else 'padded rows'}, x{r['grad_accum']} "
+            f"accumulation x{r['processes']} process(es)")

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Boundary = Literal["joint", "split"]
+Boundary = Literal["joint", "split", "ids", "chat", "chat_split", "seq2seq"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class Example:
     source: str | None = None   # file name, "<stdin>" or "<python>"
     line: int | None = None     # 1-based line/row in ``source``
     extra: dict[str, Any] | None = None  # other fields of the input record, carried through
+    prompt_ids: tuple[int, ...] | None = None    # token ids given instead of text
+    response_ids: tuple[int, ...] | None = None
+    messages: tuple[dict[str, str], ...] | None = None   # a conversation (OpenAI format)
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,9 @@ class Encoded:
 
     ``context_ids`` is everything the response is conditioned on (BOS included when the
     policy adds it); ``response_ids`` are the scored tokens (EOS last when ``score_eos``).
-    ``response_text`` is the text the response tokens stand for (trailing whitespace of the
-    prompt moved to its front); ``num_bytes``/``num_chars`` count it.
+    ``response_text`` is the scored text, the text the response tokens stand for: the
+    response with the prompt's trailing whitespace moved to its front (``whitespace="move"``,
+    never onto an empty response); ``Score.num_bytes``/``num_chars`` count it.
     """
 
     context_ids: tuple[int, ...]
@@ -41,15 +45,14 @@ class Encoded:
     boundary: Boundary
     truncated_tokens: int = 0
     eos_scored: bool = False
+    # a conversation scored on every assistant turn: one Encoded per turn (the fields above
+    # are the last turn's) and the turns' message indices
+    parts: tuple[Encoded, ...] | None = None
+    turn_indices: tuple[int, ...] | None = None
 
     @property
     def num_tokens(self) -> int:
         return len(self.response_ids)
-
-    @property
-    def length(self) -> int:
-        """Tokens the model must read: context plus all response tokens but the last."""
-        return len(self.context_ids) + len(self.response_ids)
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,14 @@ class Score:
     """log Pr(response | prompt) and its per-token decomposition (natural log, nats).
 
     ``logprob`` is the fp64 sum of ``token_logprobs``. ``greedy`` is True when every
-    response token is the model's argmax. Counts refer to the scored response text.
+    response token is the model's argmax. An empty response scores 0.0 with 0 tokens.
+
+    ``num_bytes`` (UTF-8 bytes) and ``num_chars`` (code points) count the *scored* text:
+    the response after the prompt's trailing whitespace moved to its front (the default
+    ``whitespace="move"``), i.e. the text the scored tokens stand for. So
+    ``score("The capital of France is ", "Paris")`` scores ``" Paris"`` and reports
+    ``num_bytes == 6``; with ``whitespace="keep"`` it is the response as given (5).
+    ``"".join(token_texts)`` spells the scored text out.
     """
 
     logprob: float
@@ -120,6 +130,9 @@ class Score:
     token_entropies: list[float] | None = None
     token_top: list[list[tuple[str, float]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: each token's piece of the scored text (they concatenate to it; see
+    #: :func:`loglik.tokenize.token_texts`): readable where ``tokens`` are vocabulary strings
+    token_texts: list[str] = field(default_factory=list)
 
     @property
     def greedy(self) -> bool:
@@ -130,13 +143,9 @@ class Score:
         return -self.logprob
 
     @property
-    def logprob_mean(self) -> float:
+    def logprob_per_token(self) -> float:
         """Mean log-prob per response token (nan for an empty response)."""
         return self.logprob / self.num_tokens if self.num_tokens else math.nan
-
-    @property
-    def logprob_bits(self) -> float:
-        return self.logprob / math.log(2)
 
     @property
     def logprob_per_byte(self) -> float:
@@ -156,6 +165,7 @@ class Score:
             boundary=self.boundary,
             token_ids=self.token_ids,
             tokens=self.tokens,
+            token_texts=self.token_texts,
             token_logprobs=self.token_logprobs,
         )
         if self.truncated_tokens:
@@ -168,3 +178,18 @@ class Score:
             rec["token_top"] = [[[t, lp] for t, lp in alts] for alts in self.token_top]
         rec.update(self.extra)
         return rec
+
+
+@dataclass(frozen=True)
+class FailedRecord:
+    """A record that could not be scored, kept in its place (``on_error="record"``).
+
+    ``error`` is the message of the error that stopped it (it names the file and line).
+    """
+
+    id: Any
+    error: str
+
+    def to_record(self) -> dict[str, Any]:
+        """The output line: ``{"id": ..., "error": ...}``."""
+        return {"id": self.id, "error": self.error}

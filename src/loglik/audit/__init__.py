@@ -13,6 +13,9 @@ downstream. :func:`audit` runs:
 5. ``check_file`` — with ``check_file=PATH``, another tool's log-probs recomputed and each
    disagreeing record diagnosed (:mod:`loglik.audit.diagnose`).
 
+:func:`audit_engine` audits a serving engine (any OpenAI-compatible server) against the
+reference weights instead (:mod:`loglik.audit.engine`).
+
 Example:
     >>> report = loglik.audit(scorer, [("The capital of France is", " Paris")])  # doctest: +SKIP
     >>> report.passed, [c.name for c in report.checks]                           # doctest: +SKIP
@@ -21,12 +24,17 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..data import Fields, to_examples
 from ..types import Example
+from .engine import ENGINE_CHECKS, audit_engine
 from .result import DIAGNOSES, AuditReport, CheckResult, RecordResult
+
+if TYPE_CHECKING:
+    from ..scorer import Scorer
+
 
 CHECKS = ("kv_cache", "invariance", "normalisation", "tokenizer")
 
@@ -45,10 +53,10 @@ DEFAULT_EXAMPLES: tuple[tuple[str, str], ...] = (
 )
 
 
-def audit(scorer: Any, examples: Iterable[Any] | None = None, *,
+def audit(scorer: Scorer, examples: Iterable[Any] | None = None, *,
           check_file: str | None = None, checks: Sequence[str] = CHECKS,
-          max_examples: int = 16, atol: float = 1e-3, fields: Fields = Fields()
-          ) -> AuditReport:
+          max_examples: int = 16, atol: float = 1e-3, fields: Fields = Fields(),
+          progress: Callable[[int], None] | None = None) -> AuditReport:
     """Run the audit's checks on a scorer (and, optionally, another tool's output).
 
     Args:
@@ -58,6 +66,7 @@ def audit(scorer: Any, examples: Iterable[Any] | None = None, *,
         check_file: a JSONL of another tool's ``token_logprobs``/``logprob`` to diagnose.
         checks: which of :data:`CHECKS` to run.
         atol: tolerance per token (nats) when comparing a ``check_file``.
+        progress: called with 1 after each check and after each ``check_file`` record.
     """
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
@@ -71,23 +80,29 @@ def audit(scorer: Any, examples: Iterable[Any] | None = None, *,
     items = list(to_examples(examples if examples is not None else DEFAULT_EXAMPLES, fields))
     encoded, errors = encode_each(scorer, items)
     good = [e for e in encoded if e is not None][:max_examples]
+    done = progress or (lambda n: None)
     results: list[CheckResult] = []
     if "kv_cache" in checks:
         results.append(check_kv_cache(scorer, good))
+        done(1)
     if "invariance" in checks:
         results.append(check_invariance(scorer, good))
+        done(1)
     if "normalisation" in checks:
         results.append(check_normalisation(scorer, good))
+        done(1)
     if "tokenizer" in checks:
         results.append(check_tokenizer(scorer, items, encoded, errors))
+        done(1)
     records: list[RecordResult] | None = None
     if check_file is not None:
         from .diagnose import check_file as run_check_file
 
-        result, records = run_check_file(scorer, check_file, atol=atol)
+        result, records = run_check_file(scorer, check_file, atol=atol,
+                                         progress=lambda: done(1))
         results.append(result)
     return AuditReport(results, records)
 
 
-__all__ = ["CHECKS", "DEFAULT_EXAMPLES", "DIAGNOSES", "AuditReport", "CheckResult",
-           "Example", "RecordResult", "audit"]
+__all__ = ["CHECKS", "DEFAULT_EXAMPLES", "DIAGNOSES", "ENGINE_CHECKS", "AuditReport",
+           "CheckResult", "Example", "RecordResult", "audit", "audit_engine"]

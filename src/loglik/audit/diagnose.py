@@ -30,31 +30,35 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..data import iter_records, record_to_example
+from ..data import read_records, record_to_example
 from ..errors import InputError, LoglikError
 from ..types import Encoded, Request
 from .result import CheckResult, RecordResult
+
+if TYPE_CHECKING:
+    from ..scorer import Scorer
+
 
 LN2, LN10 = math.log(2), math.log(10)
 
 
 def read_check_file(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(0-based line, record) for each record; validates the fields a record must have."""
-    for line, record in iter_records(path, "jsonl"):
-        record_to_example(record, source=path, line=line)     # prompt/response present
+    for source, line, record in read_records(path, "jsonl"):
+        record_to_example(record, source=source, line=line)   # prompt/response present
         tl, lp = record.get("token_logprobs"), record.get("logprob")
         if tl is None and lp is None:
             raise InputError('needs "token_logprobs" (per response token) and/or "logprob" '
                              f"(their sum); fields present: {', '.join(record)}",
-                             source=path, line=line)
+                             source=source, line=line)
         if tl is not None and not (isinstance(tl, list) and all(
                 isinstance(v, (int, float)) for v in tl)):
-            raise InputError('"token_logprobs" must be a list of numbers', source=path,
+            raise InputError('"token_logprobs" must be a list of numbers', source=source,
                              line=line, field="token_logprobs")
         if lp is not None and not isinstance(lp, (int, float)):
-            raise InputError('"logprob" must be a number', source=path, line=line,
+            raise InputError('"logprob" must be a number', source=source, line=line,
                              field="logprob")
         yield line - 1, record
 
@@ -62,7 +66,7 @@ def read_check_file(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
 class _Candidates:
     """The values each flaw would produce for one example, computed on first use."""
 
-    def __init__(self, scorer: Any, enc: Encoded) -> None:
+    def __init__(self, scorer: Scorer, enc: Encoded) -> None:
         self.scorer, self.enc, self._memo = scorer, enc, {}
         self.bos = scorer.tokenizer.bos_token_id
 
@@ -189,7 +193,7 @@ _REASONS = {
 }
 
 
-def diagnose_record(scorer: Any, index: int, record: dict[str, Any], enc: Encoded, *,
+def diagnose_record(scorer: Scorer, index: int, record: dict[str, Any], enc: Encoded, *,
                     atol: float = 1e-3, candidates: _Candidates | None = None
                     ) -> RecordResult:
     """Recompute one record and name what went wrong, if anything."""
@@ -216,7 +220,7 @@ def diagnose_record(scorer: Any, index: int, record: dict[str, Any], enc: Encode
                         max_diff)
 
 
-def check_file(scorer: Any, path: str, *, atol: float = 1e-3,
+def check_file(scorer: Scorer, path: str, *, atol: float = 1e-3,
                progress: Callable[[], None] | None = None) -> tuple[CheckResult,
                                                                     list[RecordResult]]:
     """Check 5: every record of ``path`` recomputed and diagnosed."""

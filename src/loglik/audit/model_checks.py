@@ -17,42 +17,30 @@ model (``scorer.backend.model``); with another backend they are skipped and say 
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..logprobs import reference_logprobs
+from ..backends.base import PACKED_ROWS, SHARED_CONTEXT, TORCH_MODEL, supports
+from ..backends.hf.adapter import cache_kwarg, out_cache
+from ..logprobs import predicting_positions, reference_logprobs
 from ..types import Detail, Encoded, Request
 from .result import CheckResult
 
-
-def hf_model(scorer: Any) -> Any | None:
-    """The ``transformers`` model behind a scorer, or None for other backends."""
-    return getattr(scorer.backend, "model", None)
+if TYPE_CHECKING:
+    from ..scorer import Scorer
 
 
-def tolerance(scorer: Any) -> float:
-    """Per-sequence tolerance in nats: 1e-4 in fp32 (shared/DESIGN.md), looser in 16-bit."""
-    model = hf_model(scorer)
-    if model is None:
-        return 1e-6
-    import torch
-
-    dtype = next(model.parameters()).dtype
-    return 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
+def hf_model(scorer: Scorer) -> Any | None:
+    """The ``transformers`` model behind a scorer (``torch_model`` capability), or None."""
+    return scorer.backend.model if supports(scorer.backend, TORCH_MODEL) else None
 
 
-def _cache_kw(model: Any) -> str:
-    """transformers >= 5 names the KV cache ``cache``; before, ``past_key_values``."""
-    params = inspect.signature(model.forward).parameters
-    return "past_key_values" if "past_key_values" in params and "cache" not in params \
-        else "cache"
-
-
-def _out_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
+def tolerance(scorer: Scorer) -> float:
+    """Per-sequence tolerance in nats: the backend's for its dtype (1e-4 in fp32,
+    shared/DESIGN.md; looser in 16-bit), 1e-6 for a backend that declares none."""
+    return float(getattr(scorer.backend, "tolerance", 1e-6)) if hf_model(scorer) is not None \
+        else 1e-6
 
 
 def _device(model: Any) -> Any:
@@ -76,8 +64,7 @@ def _seq(e: Encoded) -> list[int]:
 
 def _response_part(lp_row: Any, e: Encoded) -> list[float]:
     """The response tokens' entries of a (T-1,) reference row of sequence ``_seq(e)``."""
-    start = len(e.context_ids) - 1           # position t predicts token t+1
-    return lp_row[start:start + len(e.response_ids)].tolist()
+    return lp_row[predicting_positions(len(e.context_ids), len(e.response_ids))].tolist()
 
 
 def reference(model: Any, encoded: Sequence[Encoded]) -> list[list[float]]:
@@ -106,19 +93,19 @@ def kv_cache_logprobs(model: Any, seq: Sequence[int]) -> list[float]:
     """log Pr(seq[t+1] | seq[:t+1]) for every t, decoding one token at a time with the cache."""
     import torch
 
-    key, dev, cache, out = _cache_kw(model), _device(model), None, []
+    key, dev, cache, out = cache_kwarg(model), _device(model), None, []
     with torch.inference_mode():
         for t in range(len(seq) - 1):
             step = torch.tensor([[seq[t]]], device=dev)                       # (1, 1)
             kw = {key: cache} if cache is not None else {}
             res = model(input_ids=step, use_cache=True, **kw)
-            cache = _out_cache(res)
+            cache = out_cache(res)
             logp = torch.log_softmax(res.logits[0, -1].double(), dim=-1)      # (V,)
             out.append(float(logp[seq[t + 1]]))
     return out
 
 
-def check_kv_cache(scorer: Any, encoded: Sequence[Encoded], *,
+def check_kv_cache(scorer: Scorer, encoded: Sequence[Encoded], *,
                    max_tokens: int = 512) -> CheckResult:
     """Compares every position of each example (its first ``max_tokens`` tokens)."""
     model = hf_model(scorer)
@@ -217,7 +204,7 @@ def _shared_context(model: Any, encoded: Sequence[Encoded]) -> dict[int, list[fl
     for i, e in enumerate(encoded):
         if e.response_ids:
             groups.setdefault(e.context_ids, []).append(i)
-    key, dev, out = _cache_kw(model), _device(model), {}
+    key, dev, out = cache_kwarg(model), _device(model), {}
     with torch.inference_mode():
         for ctx, members in groups.items():
             if len(members) < 2:
@@ -229,7 +216,7 @@ def _shared_context(model: Any, encoded: Sequence[Encoded]) -> dict[int, list[fl
                 lps = [float(first[resp[0]])]
                 if len(resp) > 1:
                     cont = model(input_ids=torch.tensor([resp[:-1]], device=dev),
-                                 use_cache=True, **{key: copy.deepcopy(_out_cache(res))})
+                                 use_cache=True, **{key: copy.deepcopy(out_cache(res))})
                     logp = torch.log_softmax(cont.logits[0].double(), dim=-1)  # (n-1, V)
                     lps += logp.gather(-1, torch.tensor(resp[1:], device=dev)
                                        .unsqueeze(-1)).squeeze(-1).tolist()
@@ -237,7 +224,7 @@ def _shared_context(model: Any, encoded: Sequence[Encoded]) -> dict[int, list[fl
     return out
 
 
-def check_invariance(scorer: Any, encoded: Sequence[Encoded]) -> CheckResult:
+def check_invariance(scorer: Scorer, encoded: Sequence[Encoded]) -> CheckResult:
     tol = tolerance(scorer)
     live = [e for e in encoded if e.response_ids]
     requests = [Request(e.context_ids, e.response_ids) for e in live]
@@ -251,10 +238,12 @@ def check_invariance(scorer: Any, encoded: Sequence[Encoded]) -> CheckResult:
     variants["scorer_batched"] = [r.logprobs for r in scorer.backend.score(requests)]
     variants["scorer_batched_reversed"] = [
         r.logprobs for r in scorer.backend.score(requests[::-1])][::-1]
-    if getattr(scorer.backend, "packing", False):   # the scorer's packed / shared paths
-        for name, pack, share in (("scorer_packed", True, False),
-                                  ("scorer_shared_context", False, True),
-                                  ("scorer_packed_shared", True, True)):
+    can_pack = supports(scorer.backend, PACKED_ROWS)
+    can_share = supports(scorer.backend, SHARED_CONTEXT)
+    for name, pack, share in (("scorer_packed", True, False),     # the scorer's own paths
+                              ("scorer_shared_context", False, True),
+                              ("scorer_packed_shared", True, True)):
+        if (can_pack or not pack) and (can_share or not share):
             planned = copy.copy(scorer)
             planned.pack, planned.share_context = pack, share
             variants[name] = [r.logprobs for r in planned.run_requests(requests)]
@@ -302,7 +291,7 @@ def check_invariance(scorer: Any, encoded: Sequence[Encoded]) -> CheckResult:
 
 
 # -- 3. normalisation ----------------------------------------------------------------------
-def check_normalisation(scorer: Any, encoded: Sequence[Encoded], *,
+def check_normalisation(scorer: Scorer, encoded: Sequence[Encoded], *,
                         max_positions: int = 64) -> CheckResult:
     """Ask the backend for all V log-probs at up to ``max_positions`` positions."""
     tol = tolerance(scorer)

@@ -35,7 +35,7 @@ class CheckResult:
 class RecordResult:
     """One record of a ``--check`` file, recomputed and diagnosed."""
 
-    index: int                      # 0-based line of the file
+    index: int                      # 0-based: the file's line number - 1
     ok: bool
     diagnosis: str                  # one of DIAGNOSES
     reason: str
@@ -43,8 +43,13 @@ class RecordResult:
     reported_logprob: float | None = None
     max_abs_diff: float | None = None   # token by token, when the counts agree
 
+    @property
+    def line(self) -> int:
+        """The 1-based line of the file, as every other message counts lines."""
+        return self.index + 1
+
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "ok": self.ok, "diagnosis": self.diagnosis,
+        return {"line": self.line, "index": self.index, "ok": self.ok, "diagnosis": self.diagnosis,
                 "reason": self.reason, "expected_logprob": self.expected_logprob,
                 "reported_logprob": self.reported_logprob, "max_abs_diff": self.max_abs_diff}
 
@@ -100,7 +105,7 @@ class AuditReport:
             if bad:
                 t = Table("line", "diagnosis", "reported", "expected", "why")
                 for r in bad[:50]:
-                    t.add_row(str(r.index), r.diagnosis, _num(r.reported_logprob),
+                    t.add_row(str(r.line), r.diagnosis, _num(r.reported_logprob),
                               _num(r.expected_logprob), r.reason)
                 console.print(t)
         console.print("\n" + ("[bold green]all checks passed[/]" if self.passed

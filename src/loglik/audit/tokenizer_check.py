@@ -13,16 +13,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..backends.base import TORCH_MODEL, supports
 from ..errors import LoglikError
 from ..types import Encoded, Example
 from .result import CheckResult
 
+if TYPE_CHECKING:
+    from ..scorer import Scorer
 
-def embedding_rows(scorer: Any) -> int:
+
+def _model(scorer: Scorer) -> Any | None:
+    return scorer.backend.model if supports(scorer.backend, TORCH_MODEL) else None
+
+
+def embedding_rows(scorer: Scorer) -> int:
     """How many token ids the model can embed (its input embedding rows)."""
-    model = getattr(scorer.backend, "model", None)
+    model = _model(scorer)
     if model is not None and hasattr(model, "get_input_embeddings"):
         emb = model.get_input_embeddings()
         if emb is not None and hasattr(emb, "weight"):
@@ -30,7 +38,7 @@ def embedding_rows(scorer: Any) -> int:
     return int(scorer.backend.vocab_size)
 
 
-def encode_each(scorer: Any, examples: Sequence[Example]
+def encode_each(scorer: Scorer, examples: Sequence[Example]
                 ) -> tuple[list[Encoded | None], list[dict[str, Any]]]:
     """Encode examples one by one; failures are collected, not raised."""
     encoded: list[Encoded | None] = []
@@ -48,7 +56,7 @@ def _snippet(ex: Example) -> str:
     return f"{ex.prompt[-30:]!r} + {ex.response[:30]!r}"
 
 
-def check_tokenizer(scorer: Any, examples: Sequence[Example],
+def check_tokenizer(scorer: Scorer, examples: Sequence[Example],
                     encoded: Sequence[Encoded | None], errors: Sequence[dict[str, Any]]
                     ) -> CheckResult:
     tok = scorer.tokenizer
@@ -70,7 +78,7 @@ def check_tokenizer(scorer: Any, examples: Sequence[Example],
     for name, tid in special.items():
         if tid is not None and not 0 <= tid < rows:
             problems.append(f"{name} token id {tid} is outside the model's {rows} embeddings")
-    config = getattr(getattr(scorer.backend, "model", None), "config", None)
+    config = getattr(_model(scorer), "config", None)
     used = {"bos": scorer.encoder.add_bos, "eos": scorer.options.score_eos}
     for name in ("bos", "eos"):
         ours, theirs = special[name], getattr(config, f"{name}_token_id", None)

@@ -21,15 +21,21 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..types import Detail, Request, TokenResult
+from .base import DISTRIBUTIONS
 
 
 class FakeBackend:
     """A language model given by a table ``context -> {next_token: probability}``.
 
     Tokens not listed in a context's row share the remaining probability mass equally.
+    It implements the :class:`~loglik.backends.base.Backend` protocol and the optional
+    ``distributions`` capability (:class:`~loglik.backends.base.DistributionSource`).
     """
+
+    capabilities = frozenset({DISTRIBUTIONS})
 
     def __init__(self, vocab_size: int, table: Mapping[tuple[int, ...], Mapping[int, float]]
                  | None = None, *, max_length: int | None = None) -> None:
@@ -71,6 +77,24 @@ class FakeBackend:
                 seq.append(t)
             results.append(res)
         return results
+
+
+    def prepare(self, requests: Sequence[Request]) -> list[tuple[int, ...]]:
+        """The context before every target, request after request."""
+        contexts = []
+        for r in requests:
+            seq = list(r.context_ids)
+            for t in r.target_ids:
+                contexts.append(tuple(seq))
+                seq.append(t)
+        return contexts
+
+    def log_distributions(self, rows: Sequence[tuple[int, ...]]) -> Any:
+        """(C, V) log-probabilities of the table after each context (exact, float64)."""
+        import torch
+
+        p = torch.tensor([self.distribution(c) for c in rows], dtype=torch.float64)
+        return p.log()                                                   # (C, V)
 
 
 class WordTokenizer:

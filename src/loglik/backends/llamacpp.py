@@ -342,7 +342,7 @@ def _version(lib: Any) -> str:
 
 # -- entry points used by Scorer ---------------------------------------------------------------
 def scorer_from_gguf(scorer_cls: Any, path: str, *, dtype: str | None = "float32",
-                     device: str = "cpu", revision: str | None = None,
+                     device: str = "cpu", revision: str | None = None, adapter: str | None = None,
                      chunk_size: int | None = None, max_length: int | None = None,
                      threads: int | None = None, kv_type: str = "f32",
                      flash_attn: bool = False, **options: Any) -> Any:
@@ -352,6 +352,9 @@ def scorer_from_gguf(scorer_cls: Any, path: str, *, dtype: str | None = "float32
                           "type they were written in (F32, F16, Q8_0...); drop --dtype")
     if revision is not None:
         raise ConfigError("revision applies to hub models; a .gguf model is a local file")
+    if adapter is not None:
+        raise ConfigError("a LoRA adapter applies to a Hugging Face model; merge it before "
+                          "converting to GGUF")
     if device not in ("cpu", "gpu", "cuda") and not str(device).startswith("cuda"):
         raise ConfigError(f"device={device!r}: a GGUF model runs on 'cpu' or 'cuda' (all layers "
                           "offloaded, if this llama-cpp-python was built with GPU support)")
@@ -359,6 +362,7 @@ def scorer_from_gguf(scorer_cls: Any, path: str, *, dtype: str | None = "float32
                                         max_length=max_length, threads=threads,
                                         kv_type=kv_type, flash_attn=flash_attn,
                                         chunk_size=chunk_size)
+    backend.tokenizer.parse_special = bool(options.get("parse_special", False))
     return scorer_cls(backend, backend.tokenizer, **options)
 
 
@@ -370,4 +374,5 @@ def scorer_from_llama(scorer_cls: Any, llama: Any, *, max_length: int | None = N
     kw = {k: v for k, v in dict(max_length=max_length, threads=threads).items() if v is not None}
     backend = LlamaCppBackend.from_llama(llama, kv_type=kv_type, flash_attn=flash_attn,
                                          chunk_size=chunk_size, **kw)
+    backend.tokenizer.parse_special = bool(options.get("parse_special", False))
     return scorer_cls(backend, backend.tokenizer, **options)

@@ -14,8 +14,27 @@ from collections.abc import Sequence
 
 from ..errors import LoglikError
 
-# name -> module; a command whose module is absent is simply not offered.
-COMMANDS = ("score", "explain", "audit", "compare", "choose", "train")
+COMMANDS = ("score", "explain", "audit", "compare", "choose", "train", "serve")
+
+# Help for the positional arguments every command shares, in one place.
+POSITIONAL_HELP = {
+    "DATA": "input records: a JSONL, CSV or Parquet file, a folder or glob of them, or '-' "
+            "(JSONL on stdin)",
+    "PROMPT": "the prompt (context) text",
+    "RESPONSE": "the response text whose log-probability is computed",
+}
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default unless its help already says it (or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or "%(default)" in text or default in (None, False, "")
+                or default is argparse.SUPPRESS or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,18 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="loglik", description="Exact conditional log-likelihood log Pr(response | prompt) "
-        "under a causal language model.")
+        "under a causal language model.", formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"loglik {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+        command = sub.choices[name]
+        command.formatter_class = HelpFormatter
+        # -v after the command too; SUPPRESS keeps a -v given before it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log what happens")
+        for action in command._actions:
+            if not action.option_strings and action.help is None:
+                action.help = POSITIONAL_HELP.get(str(action.metavar))
     return parser
 
 
@@ -50,9 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoglikError as exc:
         print(f"loglik: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("loglik: interrupted; finished records are in the output, rerun with --resume "
-              "to continue", file=sys.stderr)
+    except KeyboardInterrupt as exc:   # the library's message says what the output holds
+        print(f"loglik: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
@@ -62,13 +82,14 @@ def _quiet_transformers() -> None:
     import os
     import warnings
 
+    # transformers reads these when it is imported (only once a command loads a model: its
+    # import costs seconds); the "Loading weights" bar and load reports would break the
+    # one-line contract.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", module="transformers")
-    try:   # the "Loading weights" bar and load reports would break the one-line contract
+    if "transformers" in sys.modules:       # already imported (main called from Python)
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from typing import Any
 
-from .common import add_encode_options, add_model_options
+from .common import add_encode_options, add_model_options, add_view_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None,
                    help="per-row JSONL output ('-': stdout)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_view_options(p, progress=True)
     p.add_argument("--mutual-info", action=argparse.BooleanOptionalAction, default=True,
                    help="also score each choice after --neutral-prompt (default on)")
     p.add_argument("--neutral-prompt", default="",
@@ -41,51 +40,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def accuracy_table(models: list[dict[str, Any]]) -> Any:
-    """A rich table: one row per rule, one column per model, accuracy ± standard error."""
-    from rich.table import Table
-
-    rules = list(models[0]["rules"]) if models else []
-    title = f"multiple choice: {models[0]['num_rows']} rows, {models[0]['num_gold']} with gold"
-    t = Table(title=title if rules else title + " (no gold labels: no accuracies)")
-    t.add_column("rule")
-    for m in models:
-        t.add_column(m.get("name", "accuracy"), justify="right")
-    for rule in rules:
-        cells = []
-        for m in models:
-            acc, se = m["rules"][rule]["accuracy"], m["rules"][rule]["stderr"]
-            cells.append(f"{acc:.3f} ± {se:.3f}" if not math.isnan(se) else f"{acc:.3f}")
-        t.add_row(rule, *cells)
-    return t
-
-
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from ..choices import ChoiceFields, choose_file
+    from ..render.terminal import print_choices
+    from .common import scorer_kwargs
 
-    from ..choices import ChoiceFields, choose, read_choice_rows
-    from ..io import open_jsonl_output
-    from .common import scorer_from_args
-
-    fields = ChoiceFields(context=args.context_field, choices=args.choices_field,
-                          gold=args.gold_field, id=args.id_field)
-    rows = list(read_choice_rows(args.data, fields, args.format))
-    scorer = scorer_from_args(args)
-    results = choose(scorer, rows, mutual_info=args.mutual_info,
-                     neutral_prompt=args.neutral_prompt)
-    if args.output is not None:
-        with open_jsonl_output(args.output) as writer:
-            for r in results.rows:
-                writer.write(r.to_record())
-    if args.output in ("-",):
+    results = choose_file(args.data, args.output,
+                          fields=ChoiceFields(context=args.context_field,
+                                              choices=args.choices_field,
+                                              gold=args.gold_field, id=args.id_field),
+                          format=args.format, mutual_info=args.mutual_info,
+                          neutral_prompt=args.neutral_prompt, scorer=args.model,
+                          scorer_options=scorer_kwargs(args), progress=args.progress)
+    if args.output == "-":
         return 0
     if args.json:
         out = results.to_dict() if args.output is None else results.summary.to_dict()
         print(json.dumps(out, ensure_ascii=False))
     else:
-        console = Console()
-        if not console.is_terminal:
-            console.width = max(console.width, 100)   # files and pipes: no wrapping at 80
-        console.print(accuracy_table([{"name": args.model or "default model",
-                                         **results.summary.to_dict()}]))
+        print_choices([{"name": args.model or "default model", **results.summary.to_dict()}],
+                      wide=args.wide or None)
     return 0
+

@@ -1,11 +1,13 @@
-"""``loglik explain PROMPT RESPONSE``: every term of log Pr(response | prompt), one row each."""
+"""``loglik explain PROMPT RESPONSE``: every term of log Pr(response | prompt), one row each.
+
+Argument parsing only: the work is :func:`loglik.reports.run_explain`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 
-from .common import add_encode_options, add_model_options
+from .common import add_encode_options, add_model_options, add_view_options, scorer_kwargs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("response", metavar="RESPONSE")
     p.add_argument("--top-k", type=int, default=5, help="alternatives per token (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    add_view_options(p)
     p.add_argument("--html", default=None, metavar="FILE",
                    help="also write a self-contained HTML report to FILE")
     p.add_argument("--color-by", choices=("logprob", "rank"), default="logprob",
@@ -27,22 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .common import scorer_from_args
+    from ..reports import run_explain
 
-    scorer = scorer_from_args(args)
-    expl = scorer.explain(args.prompt, args.response, top_k=args.top_k)
-    if args.html:
-        from ..render.html import explain_report, write
-
-        write(args.html, explain_report([expl], title="loglik explain", color_by=args.color_by,
-                                        model=args.model or "the embedded model"))
-    if args.json:
-        print(json.dumps(expl.to_dict(), ensure_ascii=False))
-        return 0
-    from rich.console import Console
-
-    console = Console()
-    console.print(expl.table())
-    if args.html:
-        console.print(f"report written to {args.html}", highlight=False)
+    run_explain(args.prompt, args.response, model=args.model, load=scorer_kwargs(args),
+                top_k=args.top_k, html=args.html, color_by=args.color_by, as_json=args.json,
+                wide=args.wide)
     return 0

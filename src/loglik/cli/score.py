@@ -1,12 +1,17 @@
-"""``loglik score DATA``: one output record per input record, in order, resumable."""
+"""``loglik score DATA``: one output record per input record, in order, resumable.
+
+Argument parsing and one call of :func:`loglik.run.score_file` (or
+:func:`loglik.distributed.score_on_ray` with ``--ray``). On a terminal without ``-o`` the
+records are shown as a table (:mod:`loglik.score_table`); piped, with ``-o`` or ``--jsonl``
+they are JSONL.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
-from itertools import islice
 
-from .common import add_data_options, add_encode_options, add_model_options, fields_from_args
+from .common import (add_data_options, add_encode_options, add_model_options, fields_from_args,
+                     scorer_kwargs)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,8 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "(JSONL, CSV, Parquet; '-' reads JSONL from stdin).")
     p.add_argument("data", metavar="DATA")
     p.add_argument("-o", "--output", default=None,
-                   help="output JSONL (default or '-': stdout), or Parquet for a .parquet name "
-                   "(a folder of Parquet shards with --ray)")
+                   help="output JSONL ('-': stdout), or Parquet for a .parquet name (a folder "
+                   "of Parquet shards with --ray); default: a table on a terminal, JSONL on "
+                   "stdout otherwise")
+    p.add_argument("--jsonl", action="store_true",
+                   help="without -o: JSONL on stdout even on a terminal (default: a table)")
     p.add_argument("--resume", action="store_true",
                    help="keep the finished records of OUTPUT and score only the rest")
     p.add_argument("--part-rows", type=int, default=8192,
@@ -45,119 +53,83 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", default=None, metavar="FILE",
                    help="also write a self-contained HTML report of the first 500 records "
                    "(tokens coloured by log-prob; --rank, --entropy, --top-k add to it)")
+    p.add_argument("--words", action="store_true",
+                   help="add words: [{text, logprob, logprob_uncorrected, num_tokens}] per "
+                   "record, corrected for word ends (Pimentel & Meister 2024; a second pass)")
+    p.add_argument("--bits", action="store_true",
+                   help="--words: word log-probs in bits (logprob_bits, ...) instead of nats")
+    p.add_argument("--on-error", choices=("stop", "record"), default="stop",
+                   help="a record the tokenizer cannot score exactly or that does not fit: "
+                   "stop the run (default), or write {\"id\", \"error\"} for it and go on")
     add_data_options(p)
     add_model_options(p)
     add_encode_options(p)
     p.set_defaults(run=run)
 
 
-def count_records(path: str, fmt: str | None) -> int | None:
-    """Cheap record count for the progress bar (None when unknown)."""
-    from ..data import detect_format
-
-    from ..data import expand_inputs
-
-    shards = expand_inputs(path)
-    if len(shards) > 1:
-        counts = [count_records(shard, fmt) for shard in shards]
-        return None if None in counts else sum(counts)   # type: ignore[arg-type]
-    path = shards[0]
-    if path == "-" or not os.path.isfile(path):
-        return None
-    fmt = fmt or detect_format(path)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    if fmt == "jsonl":
-        with open(path, "rb") as handle:
-            return sum(1 for line in handle if line.strip())
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..data import read_examples
-    from ..errors import InputError
-    from ..io import open_output
-    from ..progress import Progress
-    from .common import scorer_from_args
+    import sys
 
     if args.detail:
         args.rank = args.entropy = True
     if args.ray is not None:
-        from ..distributed import run_cli
+        return _run_on_ray(args)
+    from ..run import score_file
+    from .common import is_server_url, scorer_from_args
 
-        return run_cli(args)
-    fields = fields_from_args(args)
-    if args.text_field:
-        from ..longtext import DOCS_PER_CHUNK, read_documents
+    table = None
+    output = args.output
+    if output is None and not args.jsonl and sys.stdout.isatty():
+        from ..score_table import ScoreTable
 
-        examples = read_documents(args.data, text_field=args.text_field,
-                                  id_field=args.id_field, fmt=args.format)
-    else:
-        examples = read_examples(args.data, fields, args.format)
-    scorer = scorer_from_args(args)
-    total = count_records(args.data, args.format)
-    window = DOCS_PER_CHUNK if args.text_field else scorer.window
-    with open_output(args.output, resume=args.resume, part_rows=args.part_rows) as writer:
-        # Resume from the start of the window holding the first missing record, so every
-        # record is scored in the same batch as in an uninterrupted run (same bits).
-        redo = writer.done % window
-        resumed = writer.done > 0
-        restart = writer.done - redo
-        if restart:
-            skipped = sum(1 for _ in islice(examples, restart))   # read, validate, drop
-            if skipped < restart:
-                raise InputError(f"the output already has {writer.done} records but the input "
-                                 f"has only {skipped}; is this the same input?",
-                                 source=args.output)
-        report = None
-        if getattr(args, "html", None):
-            from ..render.html import ReportCollector
-
-            report = ReportCollector(args.html)
-            examples = report.watch(examples)
-        with Progress("scoring", total=total, enabled=args.progress) as progress:
-            progress.advance(writer.done)
-            totals = None
-            if args.text_field:
-                from ..longtext import CorpusTotals, iter_text_scores
-
-                totals = CorpusTotals()
-                scores = iter_text_scores(scorer, examples, stride=args.stride,
-                                          max_length=args.max_length, rank=args.rank,
-                                          entropy=args.entropy, top_k=args.top_k)
-            else:
-                scores = scorer.iter_scores(examples, rank=args.rank, entropy=args.entropy,
-                                            top_k=args.top_k)
-            done, seen = writer.done, restart
-            for seen, score in enumerate(scores, start=restart + 1):
-                if report is not None:
-                    report.add(score)
-                if seen <= done:
-                    if seen == done and score.id != writer.last_id:
-                        raise InputError(
-                            f"record {seen} of the output has id {writer.last_id!r} but the "
-                            f"input's has {score.id!r}; resume only with the same input and "
-                            "options", source=args.output)
-                    continue
-                writer.write(score.to_record())
-                if totals is not None:
-                    totals.add(score)
-                progress.advance()
-            if seen < done:
-                raise InputError(f"the output already has {done} records but the input has "
-                                 f"only {seen}; is this the same input?", source=args.output)
-    if totals is not None:
+        table = ScoreTable()
+    elif output is None:
+        output = "-"
+    done = score_file(args.data, output, resume=args.resume, fields=fields_from_args(args),
+                      format=args.format, text_field=args.text_field, stride=args.stride,
+                      max_length=args.max_length, rank=args.rank, entropy=args.entropy,
+                      top_k=args.top_k, part_rows=args.part_rows, html=args.html,
+                      progress=args.progress,
+                      scorer=scorer_from_args(args) if is_server_url(args.model) else args.model,
+                      scorer_options=scorer_kwargs(args),
+                      on_score=table.add if table is not None else None,
+                      words=args.words, bits=args.bits, on_error=args.on_error)
+    if done.empty_input:
+        print(f"loglik: {args.data} has no records; nothing to score", file=sys.stderr)
+        return 0
+    if table is not None:
+        table.print()
+    if done.records_failed:
+        print(f"loglik score: {done.records_failed} of {done.records_written} records could "
+              'not be scored; their output records hold {"id", "error"}', file=sys.stderr)
+    if done.totals is not None:
         import json
-        import sys
 
-        from ..longtext import totals_from_output
+        print(json.dumps(done.totals.to_dict()), file=sys.stderr)
+    return 0
 
-        if resumed:   # the records kept from before count too
-            totals = totals_from_output(args.output)
-        print(json.dumps(totals.summary()), file=sys.stderr)
-    if report is not None:
-        report.write(scorer.tokenizer, model=args.model,
-                     color_by="rank" if args.rank else "logprob")
+
+def _run_on_ray(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from ..distributed import score_on_ray
+    from ..errors import ConfigError
+
+    if args.text_field:
+        raise ConfigError("--text-field is not available with --ray yet; score documents on "
+                          "one machine, or split them into shards and run one job per shard")
+    run = score_on_ray(args.data, args.output, scorer=args.model, address=args.ray or None,
+                       num_actors=args.num_actors, fields=fields_from_args(args),
+                       fmt=args.format, rank=args.rank, entropy=args.entropy, top_k=args.top_k,
+                       resume=args.resume, progress=args.progress,
+                       scorer_options=scorer_kwargs(args))
+    print(json.dumps({"shards_scored": len(run.shards_scored),
+                      "shards_skipped": len(run.shards_skipped), "records": run.records,
+                      "seconds": round(run.seconds, 2),
+                      "records_per_s": round(run.records_per_s, 1),
+                      "startup_s": round(run.startup_s, 2), "actors": len(run.actors_ready_s),
+                      "steady_records_per_s": round(run.steady_records_per_s, 1),
+                      "num_actors": run.num_actors, "actor_cpus": run.actor_cpus,
+                      "actor_gpus": run.actor_gpus}), file=sys.stderr)
     return 0

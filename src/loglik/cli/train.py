@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "with a config and no weights) to pre-train from scratch")
     p.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="tokenizer folder (needed with a config that has none beside it)")
-    p.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR")
+    p.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR",
+                   help="where the final model, log.jsonl and checkpoints/ go")
     p.add_argument("--eval", dest="eval_data", default=None, metavar="DATA",
                    help="held-out data of the same kind, scored after every epoch")
     p.add_argument("--text-field", default=None,
@@ -31,23 +32,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, default=None,
                    help="plain text: response tokens per block (default: the model's context "
                    "minus one, at most 1024)")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=1, help="passes over the training data")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
     p.add_argument("--batch-tokens", type=int, default=8192,
                    help="padded tokens per micro-batch (default 8192)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="examples per micro-batch (default: max(8, N / (100 x grad-accum x "
+                   "processes)) for N training examples, so an epoch has about 100 optimiser "
+                   "steps, or as many as the data allow with 8 examples per micro-batch; "
+                   "--batch-tokens caps it too, whichever is smaller). The plan is printed "
+                   "at the start, with a warning under 20 steps")
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True,
+                   help="put several examples in one row (block-diagonal mask, positions "
+                   "restarting per example) instead of padding each to the longest; models "
+                   "that cannot take that mask are trained padded (default: yes)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
+    p.add_argument("--lora", type=int, default=0, metavar="R",
+                   help="train rank-R LoRA adapters (peft: pip install 'loglik[lora]') instead "
+                   "of every weight; OUT_DIR gets the adapter, scored with 'loglik score "
+                   "--model BASE --adapter OUT_DIR'")
+    p.add_argument("--lora-alpha", type=float, default=None,
+                   help="LoRA scale numerator, alpha / R (default 2 x R)")
+    p.add_argument("--lora-targets", default=None, metavar="NAMES",
+                   help="comma-separated module names to adapt, e.g. q_proj,v_proj (default: "
+                   "all-linear, every linear layer but the output head)")
+    p.add_argument("--merge", action="store_true",
+                   help="with --lora: write the merged model to OUT_DIR (the adapter to "
+                   "OUT_DIR/adapter)")
     p.add_argument("--warmup", type=float, default=0.05,
                    help="warmup: a fraction of all steps (< 1) or a number of steps")
     p.add_argument("--min-lr-ratio", type=float, default=0.1,
                    help="the cosine schedule ends at lr x this")
-    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=0.01,
+                   help="AdamW weight decay (not applied to biases and norms)")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm (0: off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights (pre-training) and the batch order")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="fp32, or bf16 autocast (weights stay fp32)")
     p.add_argument("--save-every", type=int, default=0,
                    help="also checkpoint every N steps (default: after every epoch only)")
-    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--keep-checkpoints", type=int, default=2,
+                   help="newest checkpoints kept in OUT_DIR/checkpoints")
     p.add_argument("--log-every", type=int, default=10, help="log a step record every N steps")
     p.add_argument("--eval-every", type=int, default=0,
                    help="also score the --eval data every N steps (default: after every epoch "
@@ -71,22 +97,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..trainer import train
+    import math
+    import os
+
+    from ..trainer import interrupted_message, train
     from .common import fields_from_args
 
-    result = train(
+    try:
+        result = _train(train, args, fields_from_args(args))
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted_message(args.output_dir)) from None
+    if int(os.environ.get("RANK", "0")) != 0:   # under torchrun only rank 0 reports
+        return 0
+    if math.isnan(result.tokens_per_s):    # --resume of a finished run: nothing was trained
+        print(f"nothing left to train: {result.output_dir} already has all {args.epochs} "
+              f"epochs ({result.steps} steps); the model is there (log: "
+              f"{result.output_dir}/log.jsonl)")
+    else:
+        print(f"trained {result.steps} steps at {result.tokens_per_s:.0f} tokens/s; model "
+              f"saved to {result.output_dir} (log: {result.output_dir}/log.jsonl)")
+    return 0
+
+
+def _train(train, args: argparse.Namespace, fields):
+    return train(
         args.data, model=args.model, output_dir=args.output_dir, eval_data=args.eval_data,
         tokenizer=args.tokenizer, text_field=args.text_field, block_size=args.block_size,
-        fields=fields_from_args(args), format=args.format, bos=args.bos,
+        fields=fields, format=args.format, bos=args.bos,
         score_eos=args.score_eos, whitespace=args.whitespace, truncate=args.truncate,
         resume=args.resume, device=args.device, threads=args.threads,
         trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
         revision=args.revision, progress=args.progress, epochs=args.epochs, lr=args.lr,
-        batch_tokens=args.batch_tokens, grad_accum=args.grad_accum, warmup=args.warmup,
+        batch_tokens=args.batch_tokens, batch_size=args.batch_size, pack=args.pack,
+        lora=args.lora, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
+        merge=args.merge, grad_accum=args.grad_accum, warmup=args.warmup,
         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, clip=args.clip,
         seed=args.seed, precision=args.precision, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
         eval_every=args.eval_every, eval_train=args.eval_train)
-    print(f"trained {result.steps} steps at {result.tokens_per_s:.0f} tokens/s; model saved "
-          f"to {result.output_dir} (log: {result.output_dir}/log.jsonl)")
-    return 0

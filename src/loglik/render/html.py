@@ -215,9 +215,12 @@ def compare_report(scores_a: Sequence[Any], scores_b: Sequence[Any], *,
     """The same texts under two models, side by side.
 
     Each example shows the response under model A and model B, tokens coloured as in
-    :func:`explain_report`. Where both models tokenize the response identically, a third
-    line colours each token by ``log p_B - log p_A`` (blue: B more probable, red: less) and
-    its tooltip gives both values; otherwise only the sums are compared.
+    :func:`explain_report`, and its difference ``Δ = log Pr_A − log Pr_B`` (A minus B, as
+    ``loglik compare``'s terminal table and ``diff_total`` in ``--json``: positive when A
+    makes the response more probable). Where both models tokenize the response
+    identically, a third line colours each token by ``log p_A − log p_B`` (blue: A more
+    probable, red: B) and its tooltip gives both values; otherwise only the sums are
+    compared.
 
     Args:
         scores_a, scores_b: equally long lists of :class:`~loglik.types.Score`, item i of both
@@ -234,7 +237,7 @@ def compare_report(scores_a: Sequence[Any], scores_b: Sequence[Any], *,
     na, nb = (escape(n) for n in names)
     for i, (sa, sb, p) in enumerate(zip(scores_a, scores_b, prompts)):
         ea, eb = from_score(sa, tokenizer_a, prompt=p), from_score(sb, tokenizer_b, prompt=p)
-        delta = eb.logprob - ea.logprob
+        delta = ea.logprob - eb.logprob                 # a − b, as everywhere in loglik
         wins += delta > 0
         cols = (f'<div class="cols"><div><h3>{na}: {ea.logprob:.4f} nats</h3>'
                 f'<div class="resp">{_tokens_html(ea, f"a-{i}")}</div></div>'
@@ -242,21 +245,22 @@ def compare_report(scores_a: Sequence[Any], scores_b: Sequence[Any], *,
                 f'<div class="resp">{_tokens_html(eb, f"b-{i}")}</div></div></div>')
         if [r.data for r in ea.rows] == [r.data for r in eb.rows]:
             spans = "".join(
-                _token_span(rb, f"d-{i}-{rb.position}", diff_class=_diff_class(
-                    rb.logprob - ra.logprob),
+                _token_span(ra, f"d-{i}-{ra.position}", diff_class=_diff_class(
+                    ra.logprob - rb.logprob),
                     extra=f"{na}: {ra.logprob:.4f} · {nb}: {rb.logprob:.4f} · "
-                          f"Δ {rb.logprob - ra.logprob:+.4f}")
+                          f"Δ ({na} − {nb}) {ra.logprob - rb.logprob:+.4f}")
                 for ra, rb in zip(ea.rows, eb.rows))
-            diff = (f'<h3>per-token difference, {nb} − {na} (blue: higher under {nb}, '
-                    f"red: lower, grey: within {_DIFF_EDGES[1]} nats)</h3>"
+            diff = (f'<h3>per-token difference Δ = {na} − {nb} (blue: higher under {na}, '
+                    f"red: higher under {nb}, grey: within {_DIFF_EDGES[1]} nats)</h3>"
                     f'<div class="resp diff">{spans}</div>')
         else:
             diff = ('<div class="note">the two tokenizers split this response differently; '
                     "only the sums are compared</div>")
         prompt = f'<div class="prompt">{escape(p)}</div>' if p is not None else ""
-        blocks.append(f'<div class="ex" id="ex-{i}"><h2>#{i} · Δ = {delta:+.4f} nats</h2>'
-                      f"{prompt}{cols}{diff}</div>")
-    meta = f"{len(blocks)} example(s) · {nb} more probable than {na} on {wins}"
+        blocks.append(f'<div class="ex" id="ex-{i}"><h2>#{i} · Δ = {na} − {nb} = '
+                      f"{delta:+.4f} nats</h2>{prompt}{cols}{diff}</div>")
+    meta = (f"{len(blocks)} example(s) · Δ = log Pr({na}) − log Pr({nb}) · {na} more "
+            f"probable than {nb} on {wins}")
     return _page(title, "".join(blocks), color_by=color_by, modes=COLOR_BY, meta=meta)
 
 
@@ -291,6 +295,10 @@ class ReportCollector:
             yield ex
 
     def add(self, score: Any) -> None:
+        if not hasattr(score, "token_logprobs"):   # a FailedRecord: its prompt leaves too
+            if len(self.scores) < len(self.prompts):
+                del self.prompts[len(self.scores)]
+            return
         self.seen += 1
         if len(self.scores) < self.limit:
             self.scores.append(score)

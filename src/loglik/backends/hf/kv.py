@@ -17,12 +17,11 @@ copied cache stays bounded. The arithmetic is the same as scoring each request a
 query sees exactly the keys it would see alone, at the same positions.
 
 :func:`kv_self_check` scores a probe this way and alone when the backend is built; a model
-whose cache or masks do not allow it (``backend.kv_sharing`` False) keeps tree rows.
+whose cache or masks do not allow it (``HFBackend.kv_sharing`` False) keeps tree rows.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,11 +29,12 @@ from typing import Any
 
 import torch
 
-from ..logprobs import head_logprobs
-from ..masks import allowed, layout_rows
-from ..plan import PackedBatch, Unit, plan_packed
-from ..types import Detail, Request, TokenResult
-from .hf_packed import mask_for_layers
+from ...masks import allowed, layout_rows
+from ...plan import PackedBatch, Unit, plan_packed
+from ...types import Detail, Request, TokenResult
+from .adapter import ModelAdapter
+from .packed import mask_for_layers, mask_to
+from .rows import apply_head, max_diff_from_alone
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +54,6 @@ def worth_it(batch: PackedBatch) -> bool:
     ctx = sum(len(u.context) for row in batch.rows for u in row if len(u.members) > 1)
     branch = sum(sum(u.branch_lengths) for row in batch.rows for u in row if len(u.members) > 1)
     return branch > ctx
-
-
-def _forward(backend: Any, cache: Any, **kw: Any) -> tuple[torch.Tensor, Any]:
-    """(B, T, H) final hidden states (fast path) or (B, T, V) logits, and the cache."""
-    module = backend._body if backend.fast else backend.model
-    # transformers 5.2x renamed ``past_key_values`` to ``cache``; take whichever it has.
-    params = inspect.signature(module.forward).parameters
-    kw["cache" if "cache" in params else "past_key_values"] = cache
-    out = module(use_cache=True, **kw)
-    states = (out.logits if not backend.fast else
-              out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])
-    new = getattr(out, "cache", None)
-    return states, new if new is not None else out.past_key_values
 
 
 def _cache_of(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor) -> Any:
@@ -113,20 +100,19 @@ def _branch_mask(group: Sequence[_Branch], width: int, length: int,
 
 
 @torch.inference_mode()
-def score_kv(backend: Any, batch: PackedBatch, requests: Sequence[Request], detail: Detail,
-             batch_tokens: int) -> dict[int, TokenResult]:
+def score_kv(model: ModelAdapter, batch: PackedBatch, requests: Sequence[Request],
+             detail: Detail, batch_tokens: int, *, chunk_size: int | None = None
+             ) -> dict[int, TokenResult]:
     """Score one packed batch by KV reuse; ``{request index: result}`` (see module doc)."""
-    from .hf import split_head_output
-
-    dev = backend.device
+    dev = model.device
     # Step 1: the contexts alone.
     ctx_rows = [tuple(Unit(u.context, (), ()) for u in row) for row in batch.rows]
     width = max(sum(len(u.context) for u in row) for row in ctx_rows)
     layout = layout_rows(ctx_rows, [], width)
-    mask = mask_for_layers(backend.config, lambda w: allowed(layout, w), backend.dtype)
-    states1, cache = _forward(
-        backend, _empty_cache(), input_ids=layout.input_ids.to(dev),
-        attention_mask=_to(mask, dev), position_ids=layout.position_ids.to(dev))
+    mask = mask_for_layers(model.config, lambda w: allowed(layout, w), model.dtype)
+    states1, cache = model.states_with_cache(
+        _empty_cache(), input_ids=layout.input_ids.to(dev),
+        attention_mask=mask_to(mask, dev), position_ids=layout.position_ids.to(dev))
     layers = [(layer.keys, layer.values) for layer in cache.layers]
     del cache
     branches: list[_Branch] = []
@@ -158,10 +144,11 @@ def score_kv(backend: Any, batch: PackedBatch, requests: Sequence[Request], deta
         pos = torch.minimum(torch.tensor([b.context for b in group]).unsqueeze(1)
                             + torch.arange(lb), last)
         mask2 = mask_for_layers(
-            backend.config, lambda w, g=group, n=lb: _branch_mask(g, width, n, w), backend.dtype)
+            model.config, lambda w, g=group, n=lb: _branch_mask(g, width, n, w), model.dtype)
         rows = torch.tensor([b.row for b in group], device=dev)
-        states2, _ = _forward(backend, _cache_of(layers, rows), input_ids=ids.to(dev),
-                              attention_mask=_to(mask2, dev), position_ids=pos.to(dev))
+        states2, _ = model.states_with_cache(
+            _cache_of(layers, rows), input_ids=ids.to(dev), attention_mask=mask_to(mask2, dev),
+            position_ids=pos.to(dev))
         for g, j in enumerate(group_idx):
             later[j] = states2[g, :branches[j].length]
         del states2
@@ -169,12 +156,8 @@ def score_kv(backend: Any, batch: PackedBatch, requests: Sequence[Request], deta
                         for j in range(len(branches))])                    # (N, H or V)
     targets = torch.tensor([t for b in branches for t in requests[b.request].target_ids],
                            dtype=torch.long)
-    head, transform = ((backend._head, backend._transform) if backend.fast
-                       else ((lambda x: x), None))
-    out = head_logprobs(hidden, targets, head, vocab_size=backend.vocab_size,
-                        transform=transform, chunk_size=backend.chunk_size, rank=detail.rank,
-                        entropy=detail.entropy, top_k=detail.top_k)
-    results = split_head_output(out, [b.length + 1 for b in branches])
+    results = apply_head(model, hidden, targets, [b.length + 1 for b in branches], detail,
+                         chunk_size=chunk_size)
     return {b.request: res for b, res in zip(branches, results)}
 
 
@@ -184,39 +167,28 @@ def _empty_cache() -> Any:
     return DynamicCache()       # full layers: our masks, not the cache, apply any window
 
 
-def _to(mask: Any, device: torch.device) -> Any:
-    if isinstance(mask, dict):
-        return {k: v.to(device) for k, v in mask.items()}
-    return mask.to(device)
-
-
 # Probe: a context with three branches (one of length 0) beside a unit of its own.
 _PROBE = (((0, 1, 2, 3, 4), (5, 6, 7)), ((0, 1, 2, 3, 4), (6, 5, 4, 3)),
           ((0, 1, 2, 3, 4), (9,)), ((7, 3), (1, 2, 0)))
 
 
-def kv_self_check(backend: Any) -> bool:
+def kv_self_check(model: ModelAdapter) -> bool:
     """Does KV reuse reproduce scoring each request alone on this model?"""
-    v = backend.vocab_size
+    v = model.vocab_size
     requests = [Request(tuple(t % v for t in c), tuple(t % v for t in y)) for c, y in _PROBE]
     plan = plan_packed([r.context_ids for r in requests], [len(r.target_ids) for r in requests],
                        batch_tokens=64)
     try:
         got: dict[int, TokenResult] = {}
         for batch in plan.batches:
-            got.update(score_kv(backend, batch, requests, Detail(), batch_tokens=12))
-        alone = [backend._score_rows([r], Detail())[0] for r in requests]
+            got.update(score_kv(model, batch, requests, Detail(), batch_tokens=12))
+        diff = max_diff_from_alone(model, requests, got)
     except Exception as exc:  # a model whose cache or masks do not take this
         log.info("%s cannot reuse a context's keys and values (%s: %s); shared contexts use "
-                 "tree rows", type(backend.model).__name__, type(exc).__name__, exc)
+                 "tree rows", type(model.model).__name__, type(exc).__name__, exc)
         return False
-    if sorted(got) != list(range(len(requests))):
-        return False
-    tol = 1e-4 if backend.dtype == torch.float32 else 5e-2
-    diff = max(abs(a - b) for i, res in enumerate(alone)
-               for a, b in zip(res.logprobs, got[i].logprobs))
-    if diff > tol:
+    if diff > model.tolerance:
         log.info("%s: KV reuse differs from scoring alone by %.3g nats; shared contexts use "
-                 "tree rows", type(backend.model).__name__, diff)
+                 "tree rows", type(model.model).__name__, diff)
         return False
     return True

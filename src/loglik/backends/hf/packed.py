@@ -9,7 +9,7 @@ positions (:func:`loglik.logprobs.head_logprobs`, fp32 logsumexp), as the plain 
 Not every model takes a custom 4D mask and explicit position ids (flash-attention and flex
 kernels do not; remote code may not). :func:`packing_self_check` scores a small probe both
 packed and one request at a time when the backend is built; if they differ, or the packed
-forward raises, the backend scores every request alone (``backend.packing`` is False), with
+forward raises, the backend scores every request alone (``HFBackend.packing`` is False), with
 a log message, so a number is never silently wrong.
 """
 
@@ -21,16 +21,17 @@ from typing import Any
 
 import torch
 
-from ..errors import BackendError
-from ..logprobs import head_logprobs
-from ..masks import additive_mask, allowed, layout_rows
-from ..plan import PackedBatch, plan_packed
-from ..types import Detail, Request, TokenResult
+from ...errors import BackendError
+from ...masks import additive_mask, allowed, layout_rows
+from ...plan import PackedBatch, plan_packed
+from ...types import Detail, Request, TokenResult
+from .adapter import ModelAdapter
+from .rows import apply_head, max_diff_from_alone
 
 log = logging.getLogger(__name__)
 
 # Attention kernels that cannot take an arbitrary additive 4D mask.
-_NO_CUSTOM_MASK = ("flash_attention_2", "flash_attention_3", "flex_attention", "paged_attention")
+NO_CUSTOM_MASK = ("flash_attention_2", "flash_attention_3", "flex_attention", "paged_attention")
 
 
 def attention_masks(config: Any, layout: Any, dtype: torch.dtype) -> Any:
@@ -53,75 +54,60 @@ def mask_for_layers(config: Any, ok: Callable[[int | None], torch.Tensor],
     return additive_mask(ok(None), dtype)
 
 
-def _to(mask: Any, device: torch.device) -> Any:
+def mask_to(mask: Any, device: torch.device) -> Any:
+    """Move a mask, or a ``{layer_type: mask}`` dict of them, to ``device``."""
     if isinstance(mask, dict):
         return {k: v.to(device) for k, v in mask.items()}
     return mask.to(device)
 
 
 @torch.inference_mode()
-def score_packed(backend: Any, batch: PackedBatch, requests: Sequence[Request],
-                 detail: Detail) -> dict[int, TokenResult]:
+def score_packed(model: ModelAdapter, batch: PackedBatch, requests: Sequence[Request],
+                 detail: Detail, *, chunk_size: int | None = None) -> dict[int, TokenResult]:
     """Score the requests of one packed batch; ``{request index: result}``.
 
     ``Unit.members`` index ``requests``. Each request's log-probs equal scoring it alone
     (context + targets[:-1] in a row of its own) up to float rounding.
     """
-    from .hf import split_head_output
-
     for unit in (u for row in batch.rows for u in row):
         if not unit.context:
             raise BackendError(f"request {unit.members[0]} has no context tokens to predict from")
     layout = layout_rows(batch.rows, [r.target_ids for r in requests], batch.width)
-    dev = backend.device
-    mask = _to(attention_masks(backend.config, layout, backend.dtype), dev)
-    kwargs = dict(input_ids=layout.input_ids.to(dev), attention_mask=mask,
-                  position_ids=layout.position_ids.to(dev), use_cache=False)
-    if backend.fast:
-        out = backend._body(**kwargs)
-        states = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        hidden = states[layout.rows.to(dev), layout.cols.to(dev)]          # (N, H)
-        head, transform = backend._head, backend._transform
-    else:
-        logits = backend.model(**kwargs).logits                           # (B, T, V)
-        hidden = logits[layout.rows.to(dev), layout.cols.to(dev)]          # (N, V)
-        head, transform = (lambda x: x), None
-    out = head_logprobs(hidden, layout.targets, head, vocab_size=backend.vocab_size,
-                        transform=transform, chunk_size=backend.chunk_size, rank=detail.rank,
-                        entropy=detail.entropy, top_k=detail.top_k)
-    return dict(zip(layout.order, split_head_output(out, layout.lengths)))
+    dev = model.device
+    mask = mask_to(attention_masks(model.config, layout, model.dtype), dev)
+    states = model.states(input_ids=layout.input_ids.to(dev), attention_mask=mask,
+                          position_ids=layout.position_ids.to(dev))       # (B, T, H|V)
+    hidden = states[layout.rows.to(dev), layout.cols.to(dev)]              # (N, H|V)
+    results = apply_head(model, hidden, layout.targets, layout.lengths, detail,
+                         chunk_size=chunk_size)
+    return dict(zip(layout.order, results))
 
 
 # Probe: two requests sharing a context (a tree) packed beside a third (block-diagonal).
 _PROBE = ((0, 1, 2, 3, 4), (5, 6, 7)), ((0, 1, 2, 3, 4), (6, 5, 4, 3)), ((7, 3), (1, 2, 0))
 
 
-def packing_self_check(backend: Any) -> bool:
+def packing_self_check(model: ModelAdapter) -> bool:
     """Does a packed, shared-context forward reproduce scoring each request alone?"""
-    impl = getattr(backend.config, "_attn_implementation", None)
-    if impl in _NO_CUSTOM_MASK:
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl in NO_CUSTOM_MASK:
         log.info("%s uses %s attention, which takes no custom mask: scoring requests one "
-                 "row each (no packing or context sharing)", type(backend.model).__name__, impl)
+                 "row each (no packing or context sharing)", type(model.model).__name__, impl)
         return False
-    v = backend.vocab_size
+    v = model.vocab_size
     requests = [Request(tuple(t % v for t in c), tuple(t % v for t in y)) for c, y in _PROBE]
     plan = plan_packed([r.context_ids for r in requests], [len(r.target_ids) for r in requests],
                        batch_tokens=64)
     try:
-        packed = score_packed(backend, plan.batches[0], requests, Detail())
-        alone = [backend._score_rows([r], Detail())[0] for r in requests]
+        packed = score_packed(model, plan.batches[0], requests, Detail())
+        diff = max_diff_from_alone(model, requests, packed)
     except Exception as exc:  # a model that rejects 4D masks or position ids
         log.info("%s cannot score packed rows (%s: %s); scoring requests one row each",
-                 type(backend.model).__name__, type(exc).__name__, exc)
+                 type(model.model).__name__, type(exc).__name__, exc)
         return False
-    if len(packed) != len(requests):
-        return False
-    tol = 1e-4 if backend.dtype == torch.float32 else 5e-2
-    diff = max(abs(a - b) for i, res in enumerate(alone)
-               for a, b in zip(res.logprobs, packed[i].logprobs))
-    if diff > tol:
+    if diff > model.tolerance:
         log.warning("%s: packed rows differ from scoring alone by %.3g nats; scoring requests "
                     "one row each (no packing or context sharing)",
-                    type(backend.model).__name__, diff)
+                    type(model.model).__name__, diff)
         return False
     return True

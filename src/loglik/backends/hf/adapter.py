@@ -1,0 +1,190 @@
+"""What loglik needs of a ``transformers`` causal LM, in one place.
+
+Loading (safetensors only unless asked, remote code only when trusted), the context length,
+the model's own logit transform (Gemma 2 soft-capping, Cohere/Granite scaling), the final
+hidden states of a forward, the output head, the name of the KV-cache argument, and the
+agreement to expect in the model's dtype. Every other module of the HF backend, the
+objective, the trainer and the audit read these here, never from the model directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ...errors import ModelLoadError
+from ...logprobs import softcap, tolerance
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    """``"float32"``/``"bf16"``/... or a torch dtype -> torch dtype; None/"auto" -> "auto"."""
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of auto, "
+                             + ", ".join(sorted(_DTYPES))) from None
+
+
+def load_hf(name: str, *, dtype: str | torch.dtype | None = "float32", device: str = "cpu",
+            trust_remote_code: bool = False, allow_pickle: bool = False,
+            revision: str | None = None) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer from a local folder or a hub id.
+
+    Weights load from safetensors only unless ``allow_pickle``; remote code runs only with
+    ``trust_remote_code``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = os.path.expanduser(name)
+    # A hub id is "name" or "org/name"; anything else is meant as a local folder.
+    looks_local = (name.startswith((".", "/", "~")) or name.count("/") > 1
+                   or os.path.exists(path))
+    if looks_local and not os.path.isdir(path):
+        raise ModelLoadError(f"model {name!r} not found: no such directory; pass a folder "
+                             "written by save_pretrained or a Hugging Face model id")
+    kw = dict(trust_remote_code=trust_remote_code, revision=revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+    except Exception as exc:  # transformers raises OSError, ValueError, EnvironmentError...
+        raise ModelLoadError(f"cannot load a tokenizer for {name!r}: {exc}") from exc
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=resolve_dtype(dtype), use_safetensors=None if allow_pickle else True,
+            **kw)
+    except Exception as exc:
+        hint = ("" if allow_pickle else "; if it only has pickle (.bin) weights and you trust "
+                "them, pass allow_pickle=True (--allow-pickle)")
+        raise ModelLoadError(f"cannot load model {name!r}: {exc}{hint}") from exc
+    return model.to(device).eval(), tokenizer
+
+
+def context_length(config: Any) -> int | None:
+    """The longest input the model's config allows (None when it names none)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def logit_transform(config: Any) -> Transform | None:
+    """The model's own post-head logit transform, applied to fp32 logits (None if none)."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)            # Cohere: logits * scale
+    divide = getattr(config, "logits_scaling", None)         # Granite: logits / scaling
+    if not (cap or (scale and scale != 1) or (divide and divide != 1)):
+        return None
+
+    def transform(logits: torch.Tensor) -> torch.Tensor:
+        if scale and scale != 1:
+            logits = logits * scale
+        if divide and divide != 1:
+            logits = logits / divide
+        return softcap(logits, cap)
+
+    return transform
+
+
+def last_hidden(out: Any) -> torch.Tensor:
+    """The final hidden states (B, T, H) of a body's forward output."""
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def cache_kwarg(module: Any) -> str:
+    """The name ``module.forward`` takes its KV cache by: transformers 5.2x renamed
+    ``past_key_values`` to ``cache`` (a wrapper taking ``**kwargs`` gets the new name)."""
+    params = inspect.signature(module.forward).parameters
+    return "past_key_values" if "past_key_values" in params and "cache" not in params \
+        else "cache"
+
+
+def out_cache(out: Any) -> Any:
+    """The KV cache a forward with ``use_cache=True`` returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+class ModelAdapter:
+    """A causal LM as loglik runs it: body forward, then the head only where it is needed.
+
+    ``fast`` is True when the body's last hidden states and the head (+ transform) reproduce
+    ``model(...).logits`` (checked once, :meth:`self_check`); otherwise :meth:`states` gives
+    full logits and :attr:`head` is the identity, so callers never branch on it.
+
+    Attributes:
+        model, config, device, dtype: the model and its settings.
+        vocab_size: rows of the output head.
+        tolerance: per-sequence agreement in nats to expect in this dtype.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model.eval()
+        self.config = model.config
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.head_module = model.get_output_embeddings()
+        self.vocab_size = (int(self.head_module.weight.shape[0]) if self.head_module is not None
+                           else int(self.config.vocab_size))
+        self.body = model.base_model if model.base_model is not model else None
+        self.transform = logit_transform(self.config)
+        self.tolerance = tolerance(self.dtype)
+        self.fast = self.body is not None and self.head_module is not None
+
+    @property
+    def head(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], Transform | None]:
+        """(head, transform) to turn :meth:`states` rows into logits."""
+        if self.fast:
+            return self.head_module, self.transform
+        return _identity, None
+
+    def full_logits(self, **kw: Any) -> torch.Tensor:
+        """``model(**kw).logits`` (B, T, V) without a cache."""
+        return self.model(use_cache=False, **kw).logits
+
+    def states(self, **kw: Any) -> torch.Tensor:
+        """(B, T, H) final hidden states on the fast path, else (B, T, V) full logits."""
+        if self.fast:
+            return last_hidden(self.body(use_cache=False, **kw))
+        return self.full_logits(**kw)
+
+    def states_with_cache(self, cache: Any, **kw: Any) -> tuple[torch.Tensor, Any]:
+        """:meth:`states` of a forward that reads and extends ``cache``; (states, cache)."""
+        module = self.body if self.fast else self.model
+        out = module(use_cache=True, **{cache_kwarg(module): cache}, **kw)
+        states = last_hidden(out) if self.fast else out.logits
+        return states, out_cache(out)
+
+    def self_check(self) -> bool:
+        """Does body + head (+ transform) reproduce ``model(...).logits``? Sets ``fast``."""
+        if not self.fast:
+            return False
+        n = min(8, self.vocab_size)
+        ids = torch.arange(n, device=self.device).unsqueeze(0)              # (1, n)
+        mask = torch.ones_like(ids)
+        with torch.inference_mode():
+            ref = self.full_logits(input_ids=ids, attention_mask=mask).float()   # (1, n, V)
+            logits = self.head_module(self.states(input_ids=ids, attention_mask=mask)).float()
+            if self.transform is not None:
+                logits = self.transform(logits)                             # (1, n, V)
+        tol = 1e-3 if self.dtype == torch.float32 else 5e-2
+        diff = (ref - logits).abs().max().item() / max(1.0, ref.abs().max().item())
+        self.fast = diff <= tol
+        self.head_diff = diff
+        return self.fast

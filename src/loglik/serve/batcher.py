@@ -1,0 +1,166 @@
+"""Coalesce concurrent requests into the scorer's batches, on one model thread.
+
+The event loop hands each request's token-id :class:`~loglik.types.Request` list to
+:meth:`Batcher.score` and awaits it. One worker thread owns the model: it takes the oldest job,
+waits up to ``wait_ms`` for more jobs asking for the same :class:`~loglik.types.Detail`
+(up to ``max_tokens``), and scores them all in one :meth:`Scorer.run_requests` call, so
+requests sharing a context across clients read it once. A score does not depend on its
+neighbours (the planner's invariance, to float rounding). If a coalesced call fails, each job
+is retried alone so one bad request cannot fail its neighbours.
+
+Jobs beyond ``max_queue`` are refused at once (:class:`QueueFull`, a 503 for the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..types import Detail, Request, TokenResult
+from .metrics import Metrics
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the server takes; retry later."""
+
+
+@dataclass
+class _Job:
+    requests: Sequence[Request] | None
+    detail: Detail | None
+    fn: Callable[[], Any] | None
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(r.context_ids) + len(r.target_ids) for r in self.requests or ())
+
+    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
+        def done() -> None:
+            if not self.future.done():   # the client may have gone away
+                if error is not None:
+                    self.future.set_exception(error)
+                else:
+                    self.future.set_result(value)
+        self.loop.call_soon_threadsafe(done)
+
+
+class Batcher:
+    """The one thread that runs the model; coroutine front-ends ``score`` and ``call``.
+
+    Args:
+        scorer: a :class:`loglik.Scorer`.
+        wait_ms: how long the first job of a batch waits for others to join.
+        max_tokens: tokens gathered into one scorer call at most (one job may exceed it).
+        max_queue: jobs waiting at most; the next one raises :class:`QueueFull`.
+    """
+
+    def __init__(self, scorer: Any, *, wait_ms: float = 5.0, max_tokens: int = 16384,
+                 max_queue: int = 1024, metrics: Metrics | None = None) -> None:
+        self.scorer = scorer
+        self.wait = wait_ms / 1000.0
+        self.max_tokens = max_tokens
+        self.max_queue = max_queue
+        self.metrics = metrics or Metrics()
+        self._jobs: deque[_Job] = deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="loglik-batcher", daemon=True)
+        self._thread.start()
+
+    # -- the event loop's side --------------------------------------------------------------
+    async def score(self, requests: Sequence[Request], detail: Detail = Detail()
+                    ) -> list[TokenResult]:
+        """One result per request, as ``scorer.run_requests`` gives it."""
+        return await self._submit(list(requests), detail, None)
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn()`` on the model thread (generation), in turn with the batches."""
+        return await self._submit(None, None, fn)
+
+    async def _submit(self, requests: Sequence[Request] | None, detail: Detail | None,
+                      fn: Callable[[], Any] | None) -> Any:
+        loop = asyncio.get_running_loop()
+        job = _Job(requests, detail, fn, loop.create_future(), loop)
+        with self._cv:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if len(self._jobs) >= self.max_queue:
+                raise QueueFull(f"{len(self._jobs)} requests are waiting (the limit)")
+            self._jobs.append(job)
+            self.metrics.queue_depth = len(self._jobs)
+            self._cv.notify()
+        return await job.future
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the jobs already queued, then end the thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    # -- the model thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs and not self._stopping:
+                    self._cv.wait()
+                if not self._jobs:
+                    return
+                first = self._jobs.popleft()
+                self.metrics.queue_depth = len(self._jobs)
+            if first.fn is not None:
+                self._run_call(first)
+                continue
+            batch = self._gather(first)
+            self._run_batch(batch)
+
+    def _gather(self, first: _Job) -> list[_Job]:
+        """``first`` and the jobs with the same detail that arrive within the wait."""
+        batch, tokens = [first], first.tokens
+        deadline = time.monotonic() + self.wait
+        with self._cv:
+            while tokens < self.max_tokens:
+                for job in list(self._jobs):
+                    if job.fn is None and job.detail == first.detail:
+                        if tokens + job.tokens > self.max_tokens:
+                            break
+                        self._jobs.remove(job)
+                        batch.append(job)
+                        tokens += job.tokens
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    break
+                self._cv.wait(left)
+            self.metrics.queue_depth = len(self._jobs)
+        return batch
+
+    def _run_call(self, job: _Job) -> None:
+        try:
+            job.resolve(job.fn())   # type: ignore[misc]
+        except Exception as exc:   # delivered to the request that asked
+            job.resolve(error=exc)
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        requests = [r for job in batch for r in job.requests]   # type: ignore[union-attr]
+        try:
+            results = self.scorer.run_requests(requests, batch[0].detail)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].resolve(error=exc)
+                return
+            for job in batch:   # find the one that fails; the others still get answers
+                self._run_batch([job])
+            return
+        self.metrics.batch(len(requests), sum(len(r.target_ids) for r in requests))
+        start = 0
+        for job in batch:
+            n = len(job.requests)   # type: ignore[arg-type]
+            job.resolve(results[start:start + n])
+            start += n
