@@ -94,7 +94,7 @@ class LlamaCppBackend:
     Args:
         lib: the ``llama_cpp`` module.
         model: the loaded ``llama_model *``.
-        owner: keeps the model alive (a ``Llama``), or None if this backend frees it.
+        owner: keeps the model alive (a ``Llama``), or None.
         max_length: the longest request in tokens (default: the model's trained context,
             at most :data:`DEFAULT_MAX_LENGTH`); the KV cache holds this many tokens.
         threads: CPU threads for llama.cpp (default: all cores).
@@ -103,6 +103,7 @@ class LlamaCppBackend:
             F16 and moves logits by ~1e-3).
         chunk_size: rows of logits reduced at once (default: ~64 MiB).
         name: the file or object this came from, for messages.
+        owns_model: free the model in :meth:`close` (True when :meth:`from_file` loaded it).
     """
 
     capabilities = frozenset({PACKED_ROWS, SHARED_CONTEXT, DISTRIBUTIONS})
@@ -112,13 +113,15 @@ class LlamaCppBackend:
 
     def __init__(self, lib: Any, model: Any, *, owner: Any = None, max_length: int | None = None,
                  threads: int | None = None, kv_type: str = "f32", flash_attn: bool = False,
-                 chunk_size: int | None = None, name: str = "model") -> None:
+                 chunk_size: int | None = None, name: str = "model",
+                 owns_model: bool = False) -> None:
         if kv_type not in _KV_TYPES:
             raise ConfigError(f"kv_type must be one of {', '.join(_KV_TYPES)}, got {kv_type!r}")
         if threads is not None and threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}; pass the number of CPU "
                               "cores to use")
         self.lib, self.llama_model, self.owner, self.name = lib, model, owner, name
+        self.owns_model = owns_model   # free the model on close (loaded by from_file)
         self.chunk_size = chunk_size
         vocab = lib.llama_model_get_vocab(model)
         self.vocab_size = int(lib.llama_vocab_n_tokens(vocab))
@@ -155,9 +158,7 @@ class LlamaCppBackend:
                 f"{path}: llama.cpp {_version(lib)} cannot load this {header.architecture!r} "
                 f"model: {_last_error()}; check that this llama-cpp-python knows the "
                 "architecture (pip install -U llama-cpp-python) and that the file is complete")
-        backend = cls(lib, model, name=path, **options)
-        backend._owns_model = True
-        return backend
+        return cls(lib, model, name=path, owns_model=True, **options)
 
     @classmethod
     def from_llama(cls, llama: Any, **options: Any) -> LlamaCppBackend:
@@ -203,7 +204,7 @@ class LlamaCppBackend:
         if getattr(self, "ctx", None):
             self.lib.llama_free(self.ctx)
             self.ctx = None
-        if getattr(self, "_owns_model", False) and self.llama_model:
+        if getattr(self, "owns_model", False) and self.llama_model:
             self.lib.llama_model_free(self.llama_model)
             self.llama_model = None
 
