@@ -37,10 +37,10 @@ def hf_model(scorer: Scorer) -> Any | None:
 
 
 def tolerance(scorer: Scorer) -> float:
-    """Per-sequence tolerance in nats: the backend's for its dtype (1e-4 in fp32,
-    shared/DESIGN.md; looser in 16-bit), 1e-6 for a backend that declares none."""
-    return float(getattr(scorer.backend, "tolerance", 1e-6)) if hf_model(scorer) is not None \
-        else 1e-6
+    """Per-sequence tolerance in nats: what the backend declares for its dtype
+    (``tolerance``: 1e-4 in fp32, shared/DESIGN.md; looser in 16-bit), else 1e-6 (an exact
+    table such as the fake backend)."""
+    return float(getattr(scorer.backend, "tolerance", 1e-6))
 
 
 def _device(model: Any) -> Any:

@@ -50,6 +50,8 @@ class Backend(Protocol):
         vocab_size: number of rows of the output distribution.
         capabilities: names from :data:`CAPABILITIES` this backend implements (may be absent,
             meaning none).
+        tolerance: optional; the per-sequence agreement in nats to expect between two exact
+            paths of this engine (:func:`loglik.logprobs.tolerance`); the audit uses it.
     """
 
     max_length: int | None
