@@ -116,7 +116,7 @@ class LoglikLM(LM):
             from .scorer import Scorer
 
             scorer = Scorer.from_pretrained(
-                pretrained, dtype=dtype, device=device or "cpu", revision=revision,
+                pretrained, dtype=dtype, device=_device(device), revision=revision,
                 trust_remote_code=_bool(trust_remote_code), threads=_int(threads),
                 max_length=_int(max_length), batch_tokens=_int(batch_tokens), bos=bos,
                 truncate=truncate, whitespace="move")
@@ -249,6 +249,21 @@ class LoglikLM(LM):
                 "loglik_batch_tokens": self.scorer.batch_tokens,
                 "loglik_bos": self.scorer.options.bos,
                 "max_length": self.max_length}
+
+
+def _device(device: str | None) -> str:
+    """The torch device to load on: lm-eval's CLI asks for cuda by default, and a machine
+    without one runs on the CPU (as lm-eval's ``hf`` model does), with a warning."""
+    if not device:
+        return "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            log.warning("loglik: device %r requested but CUDA is not available; using cpu",
+                        device)
+            return "cpu"
+    return device
 
 
 def _int(value: Any) -> int | None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from ..errors import LoglikError
 
 # name -> module; a command whose module is absent is simply not offered.
-COMMANDS = ("score", "explain", "audit", "compare", "choose", "train")
+COMMANDS = ("score", "explain", "audit", "compare", "choose", "train", "eval", "compare_runs")
 
 
 def build_parser() -> argparse.ArgumentParser:
