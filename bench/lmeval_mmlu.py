@@ -9,7 +9,8 @@ The task is written locally (YAML + JSONL, no hub) in bench/.cache/lmeval/: N qu
 words, on the bench's 58M Llama (bench/build.py, word-level tokenizer: one token per word,
 no BOS, so both models read the same ids). Each run is one subprocess timing
 ``lm_eval.simple_evaluate(...)`` from the call to its return (model loading included) and
-reading its peak RSS; the runs must give the same accuracy, and the per-choice
+reading its peak RSS (the model's construction, loading plus loglik's load-time
+self-checks, is also timed on its own: ``eval s`` is the rest); the runs must give the same accuracy, and the per-choice
 log-likelihoods are compared (max |diff|, nats).
 """
 
@@ -88,16 +89,24 @@ def worker(args: argparse.Namespace) -> None:
 
     import loglik.lmeval  # noqa: F401
 
+    from lm_eval.api.registry import get_model
+
     name, batch = RUNS[args.worker]
     model_args = f"pretrained={args.model},dtype=float32"
-    kw = {} if name == "loglik" else {"batch_size": batch if batch == "auto" else int(batch)}
+    extra = {"device": "cpu"}
+    if name != "loglik":
+        extra["batch_size"] = batch if batch == "auto" else int(batch)
     tm = TaskManager(include_path=args.task)
+    # As simple_evaluate(model=name, model_args=...) does, in two timed steps: the model's
+    # construction (loading, loglik's self-checks) and the evaluation.
     t = time.perf_counter()
-    res = lm_eval.simple_evaluate(model=name, model_args=model_args, tasks=["mmlu_shaped"],
-                                  task_manager=tm, device="cpu", log_samples=True, **kw)
+    lm = get_model(name).create_from_arg_string(model_args, extra)
+    load = time.perf_counter() - t
+    res = lm_eval.simple_evaluate(model=lm, tasks=["mmlu_shaped"], task_manager=tm,
+                                  log_samples=True)
     seconds = time.perf_counter() - t
     samples = sorted(res["samples"]["mmlu_shaped"], key=lambda s: s["doc_id"])
-    out = {"run": args.worker, "seconds": seconds,
+    out = {"run": args.worker, "seconds": seconds, "load_seconds": load,
            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
            "acc": res["results"]["mmlu_shaped"]["acc,none"],
            "acc_norm": res["results"]["mmlu_shaped"]["acc_norm,none"],
@@ -136,21 +145,24 @@ def main() -> None:
             continue
         results[run] = json.loads(out.read_text())
         r = results[run]
-        print(f"{run}: {r['seconds']:.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB, acc {r['acc']}",
+        print(f"{run}: {r['seconds']:.1f} s (model construction {r['load_seconds']:.1f} s), peak RSS {r['peak_rss_gb']:.2f} GB, acc {r['acc']}",
               flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     base = results.get("hf-b8")
     ours = results.get("loglik")
     print(f"\nmmlu_shaped: {args.questions} questions x 4 choices, ~{args.context_tokens}-token "
           f"contexts, {MODEL}, {args.threads} threads, fp32")
-    print(f"  {'run':<8} {'seconds':>8} {'x hf-b8':>8} {'peak RSS':>9} {'acc':>6} "
-          f"{'max |diff| vs loglik':>21}")
+    print(f"  {'run':<8} {'seconds':>8} {'x hf-b8':>8} {'eval s':>7} {'x hf-b8':>8} "
+          f"{'peak RSS':>9} {'acc':>6} {'max |diff| vs loglik':>21}")
     for run, r in results.items():
         speed = f"{base['seconds'] / r['seconds']:.2f}x" if base else "-"
+        ev = r["seconds"] - r["load_seconds"]
+        ev_speed = (f"{(base['seconds'] - base['load_seconds']) / ev:.2f}x" if base else "-")
         diff = "-"
         if ours and run != "loglik":
             diff = f"{max(abs(a - b) for la, lb in zip(ours['logprobs'], r['logprobs']) for a, b in zip(la, lb)):.1e}"
-        print(f"  {run:<8} {r['seconds']:8.1f} {speed:>8} {r['peak_rss_gb']:8.2f}G "
+        print(f"  {run:<8} {r['seconds']:8.1f} {speed:>8} {ev:7.1f} {ev_speed:>8} "
+              f"{r['peak_rss_gb']:8.2f}G "
               f"{r['acc']:6.3f} {diff:>21}")
     if base and ours:
         print(f"  loglik vs hf-b8: {base['seconds'] / ours['seconds']:.2f}x faster, peak memory "
