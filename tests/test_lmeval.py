@@ -138,7 +138,11 @@ def gpt2_runs(tiny_gpt2_dir, task_dir, torch_threads):
 
 @pytest.fixture(scope="module")
 def llama_runs(tiny_model_dir, task_dir, torch_threads):
-    return _runs(tiny_model_dir, task_dir)
+    # lm-eval's hf model cannot run lt_ll with this tokenizer: see test_llama_style_agrees...
+    args = f"pretrained={tiny_model_dir},max_length={MAX_LENGTH}"
+    tasks = [t for t in TASKS if t != "lt_ll"]
+    return (evaluate("loglik", args, task_dir),
+            evaluate("hf", args, task_dir, tasks=tasks, batch_size=8))
 
 
 def _joint(model_dir: str, pairs) -> list[bool]:
@@ -202,11 +206,21 @@ def test_rolling_spans_several_windows(tiny_gpt2_dir):
 
 
 @pytest.mark.slow
-def test_llama_style_agrees_with_hf(llama_runs, tiny_model_dir):
+def test_llama_style_agrees_with_hf(llama_runs, tiny_model_dir, task_dir):
     """A tokenizer that adds BOS: the same BOS-prefixed contexts, the same numbers; rolling
     differs by what lm-eval's hf scores and loglik does not (BOS after the BOS prefix)."""
     ours, theirs = llama_runs
-    _check_loglikelihood_tasks(ours, theirs, tiny_model_dir)
+    mc_a, mc_b = per_sample(ours, "lt_mc"), per_sample(theirs, "lt_mc")
+    for doc in mc_a:                           # every choice joins its context here
+        for (lp_a, _), (lp_b, _) in zip(mc_a[doc], mc_b[doc]):
+            assert abs(lp_a - lp_b) <= TOL
+    assert ours["results"]["lt_mc"]["acc,none"] == theirs["results"]["lt_mc"]["acc,none"]
+    # The merging boundaries of lt_ll: loglik scores them (split fallback, exact: see
+    # test_split_boundaries_are_exact_and_counted); lm-eval's hf model stops on an assert
+    # (an empty continuation slice: lm-eval issues #1297, #1053, #3336).
+    assert len(per_sample(ours, "lt_ll")) == len(LL)
+    with pytest.raises(AssertionError):
+        evaluate("hf", f"pretrained={tiny_model_dir}", task_dir, tasks=["lt_ll"], batch_size=8)
     assert per_sample(ours, "lt_gen") == per_sample(theirs, "lt_gen")
     # A document that fits one window: hf = log Pr(BOS | BOS) + loglik's log Pr(text | BOS).
     from loglik import Scorer
@@ -292,7 +306,7 @@ def test_lm_eval_windows_by_hand():
 
     reqs = lm_eval_windows([1, 2, 3, 4, 5, 6, 7], prefix=0, max_length=3)
     assert [(r.context_ids, r.target_ids) for r in reqs] == [
-        ((0,), (1, 2, 3)), ((3,), (4, 5, 6)), ((5, 6), (7,))]
+        ((0,), (1, 2, 3)), ((3,), (4, 5, 6)), ((4, 5, 6), (7,))]
     scored = [t for r in reqs for t in r.target_ids]
     assert scored == [1, 2, 3, 4, 5, 6, 7]                        # each token once
 
@@ -333,7 +347,8 @@ def test_chat_template_applies(tiny_model_dir, task_dir, tmp_path):
     sample = out["samples"]["lt_mc"][0]
     context = sample["arguments"][0][0]
     assert context == "user: The capital of France is\nassistant:"
-    want = scorer.score(context, " Paris.").logprob
+    continuation = sample["arguments"][0][1]
+    want = scorer.score(context, continuation).logprob
     assert sample["filtered_resps"][0][0] == pytest.approx(want, abs=TOL)
 
 
