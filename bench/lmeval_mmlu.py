@@ -10,8 +10,8 @@ words, on the bench's 58M Llama (bench/build.py, word-level tokenizer: one token
 no BOS, so both models read the same ids). Each run is one subprocess timing
 ``lm_eval.simple_evaluate(...)`` from the call to its return (model loading included) and
 reading its peak RSS (the model's construction, loading plus loglik's load-time
-self-checks, is also timed on its own: ``eval s`` is the rest); the runs must give the same accuracy, and the per-choice
-log-likelihoods are compared (max |diff|, nats).
+self-checks, is also timed on its own: ``eval s`` is the rest); the runs must give the same
+accuracy, and the per-choice log-likelihoods are compared (max |diff|, nats).
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ def main() -> None:
             continue
         results[run] = json.loads(out.read_text())
         r = results[run]
-        print(f"{run}: {r['seconds']:.1f} s (model construction {r['load_seconds']:.1f} s), peak RSS {r['peak_rss_gb']:.2f} GB, acc {r['acc']}",
-              flush=True)
+        print(f"{run}: {r['seconds']:.1f} s (model construction {r['load_seconds']:.1f} s), "
+              f"peak RSS {r['peak_rss_gb']:.2f} GB, acc {r['acc']}", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     base = results.get("hf-b8")
     ours = results.get("loglik")
@@ -160,7 +160,9 @@ def main() -> None:
         ev_speed = (f"{(base['seconds'] - base['load_seconds']) / ev:.2f}x" if base else "-")
         diff = "-"
         if ours and run != "loglik":
-            diff = f"{max(abs(a - b) for la, lb in zip(ours['logprobs'], r['logprobs']) for a, b in zip(la, lb)):.1e}"
+            worst = max(abs(a - b) for la, lb in zip(ours["logprobs"], r["logprobs"])
+                        for a, b in zip(la, lb))
+            diff = f"{worst:.1e}"
         print(f"  {run:<8} {r['seconds']:8.1f} {speed:>8} {ev:7.1f} {ev_speed:>8} "
               f"{r['peak_rss_gb']:8.2f}G "
               f"{r['acc']:6.3f} {diff:>21}")
