@@ -181,9 +181,7 @@ def _check_loglikelihood_tasks(ours, theirs, model_dir):
 @pytest.mark.slow
 def test_gpt2_style_agrees_with_hf(gpt2_runs, tiny_gpt2_dir):
     ours, theirs = gpt2_runs
-    joint = _check_loglikelihood_tasks(ours, theirs, tiny_gpt2_dir)
-    if all(j for j, r in zip(joint, LL)):
-        pytest.fail("expected a split boundary")
+    _check_loglikelihood_tasks(ours, theirs, tiny_gpt2_dir)
     # Rolling: the same windows (lm-eval's rule at 32 tokens), the same numbers.
     roll_a, roll_b = per_sample(ours, "lt_roll"), per_sample(theirs, "lt_roll")
     for doc in roll_a:
