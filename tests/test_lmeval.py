@@ -299,6 +299,31 @@ def test_wraps_an_existing_scorer_and_strided_rolling(llama_scorer, task_dir):
         assert got[doc][0] == pytest.approx(want, abs=TOL)
 
 
+def test_any_backend_hand_computed():
+    """The fake backend (no model, no torch): the seed example through lm-eval's request
+    objects, -0.7 + -0.4 = -1.1; generation needs a model and says so."""
+    from lm_eval.api.instance import Instance
+
+    from loglik import Scorer
+    from loglik.backends.fake import FakeBackend, WordTokenizer
+    from loglik.errors import ConfigError
+    from loglik.lmeval import LoglikLM
+
+    tok = WordTokenizer(["the", "cat", "sat", "dog"])
+    the, cat, sat = tok.ids("the cat sat")
+    bos = tok.bos_token_id
+    backend = FakeBackend(len(tok), {(bos, the): {cat: math.exp(-0.7)},
+                                     (bos, the, cat): {sat: math.exp(-0.4)}}, max_length=16)
+    lm = LoglikLM(Scorer(backend, tok))
+    reqs = [Instance("loglikelihood", {}, ("the ", "cat sat"), 0),
+            Instance("loglikelihood", {}, ("the", " cat sat"), 1)]
+    out = lm.loglikelihood(reqs)
+    assert [lp for lp, _ in out] == [pytest.approx(-1.1, abs=1e-12)] * 2
+    assert [greedy for _, greedy in out] == [True, True]
+    with pytest.raises(ConfigError, match="generate_until tasks need"):
+        lm.generate_until([Instance("generate_until", {}, ("the", {"until": ["."]}), 0)])
+
+
 def test_lm_eval_windows_by_hand():
     from loglik.lmeval import lm_eval_windows
 
