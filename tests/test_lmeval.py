@@ -436,19 +436,20 @@ def test_eval_argv_passes_lm_eval_flags_through():
 
 # -- the CLI, end to end ---------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.timeout(2400)     # three CLI processes; minutes each on a loaded 2-core machine
 def test_cli_eval_then_compare_runs(tiny_model_dir, task_dir, tmp_path):
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     common = ["--tasks", "lt_mc,lt_ll", "--include_path", task_dir, "--log_samples",
               "--device", "cpu"]
     ours = subprocess.run([sys.executable, "-m", "loglik", "eval", "--model", tiny_model_dir,
                            *common, "--output_path", str(tmp_path / "a")],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=900)
     assert ours.returncode == 0, ours.stderr[-2000:]
     assert "lt_mc" in ours.stdout and "acc" in ours.stdout
     theirs = subprocess.run([sys.executable, "-m", "lm_eval", "run", "--model", "hf",
                              "--model_args", f"pretrained={tiny_model_dir}", *common,
                              "--output_path", str(tmp_path / "b")],
-                            capture_output=True, text=True, env=env, timeout=300)
+                            capture_output=True, text=True, env=env, timeout=900)
     assert theirs.returncode == 0, theirs.stderr[-2000:]
     cmp = subprocess.run([sys.executable, "-m", "loglik", "compare-runs", str(tmp_path / "a"),
                           str(tmp_path / "b"), "--json"], capture_output=True, text=True,
