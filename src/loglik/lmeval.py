@@ -32,8 +32,9 @@ nats wherever ``tok(context)`` is a prefix of ``tok(context + continuation)`` (e
 differences: (1) at a merging boundary ``hf`` scores a different token slice (often the wrong
 text) and loglik the exact continuation; (2) for a tokenizer that adds BOS (Llama style),
 ``hf``'s rolling log-likelihood scores that BOS after its BOS prefix and reads the
-document after two BOS tokens; loglik reads it after one and never scores BOS; (3) a request longer than the context is
-left-truncated by both, but loglik keeps BOS first (``truncate="left"``).
+document after two BOS tokens; loglik reads it after one and never scores BOS; (3) a
+request longer than the context is left-truncated by both, but loglik keeps BOS first
+(``truncate="left"``).
 """
 
 from __future__ import annotations
