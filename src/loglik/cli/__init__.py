@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from ..errors import LoglikError
 
-COMMANDS = ("score", "explain", "audit", "compare", "choose", "train", "serve")
+COMMANDS = ("score", "explain", "audit", "compare", "choose", "train", "serve", "eval",
+            "compare_runs")
 
 # Help for the positional arguments every command shares, in one place.
 POSITIONAL_HELP = {
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
-        command = sub.choices[name]
+        command = sub.choices[name.replace("_", "-")]   # module compare_runs: compare-runs
         command.formatter_class = HelpFormatter
         # -v after the command too; SUPPRESS keeps a -v given before it
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
