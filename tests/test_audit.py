@@ -92,6 +92,7 @@ def _names(report, status):
 
 
 # -- correct models pass ---------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["llama", "gpt2"])
 def test_correct_model_passes_every_check(which, request):
     scorer = request.getfixturevalue(f"{which}_scorer")
@@ -110,6 +111,7 @@ def test_correct_model_passes_every_check(which, request):
 
 
 # -- each broken model trips its check -------------------------------------------------------
+@pytest.mark.slow
 def test_cache_that_drops_a_position_fails_kv_cache(tiny_llama, sp_tokenizer):
     scorer = Scorer.from_hf(DropsCachedPosition(tiny_llama), sp_tokenizer)
     report = audit(scorer, EXAMPLES, checks=("kv_cache", "invariance"))
@@ -122,6 +124,7 @@ def test_cache_that_drops_a_position_fails_kv_cache(tiny_llama, sp_tokenizer):
     assert not report.passed
 
 
+@pytest.mark.slow
 def test_ignored_position_ids_fail_invariance(tiny_gpt2, bpe_tokenizer):
     # GPT-2 has absolute positions: left padding without position ids shifts every token
     scorer = Scorer.from_hf(IgnoresPositionIds(tiny_gpt2), bpe_tokenizer)

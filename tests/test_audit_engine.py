@@ -64,6 +64,7 @@ def test_a_correct_engine_passes(tiny_llama, llama_scorer):
     assert report.passed, report.to_dict()
 
 
+@pytest.mark.slow
 def test_cli_audit_engine_json(tiny_model_dir, tiny_llama):
     """One process: the command exits 1 and its JSON names the flaw."""
     from .wrong_engine import wrong_app

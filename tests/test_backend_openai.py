@@ -80,6 +80,7 @@ def test_unreachable_server_is_a_clear_error():
         client.request("GET", "models")
 
 
+@pytest.mark.slow
 def test_cli_score_through_server_equals_local(tiny_model_dir, tmp_path):
     from loglik import Scorer
     from loglik.serve import BackgroundServer, create_app

@@ -46,6 +46,7 @@ def test_score_writes_one_record_per_input_line(tmp_path, pairs_file, tiny_model
     assert records[3]["num_bytes"] == len(" 🍕!".encode()) and records[3]["num_chars"] == 3
 
 
+@pytest.mark.slow
 def test_stdout_and_stdin(tmp_path, pairs_file, tiny_model_dir):
     data = open(pairs_file, "rb").read()
     proc = subprocess.run([sys.executable, "-m", "loglik", "score", "-", "--model",
@@ -112,6 +113,7 @@ def test_context_overflow_and_left_truncation(tmp_path, tiny_model_dir, capsys):
     assert rec["truncated_tokens"] > 0
 
 
+@pytest.mark.slow
 def test_resume_after_kill_minus_9_gives_the_uninterrupted_file(tmp_path, tiny_model_dir):
     words = "the quick brown fox jumps over the lazy dog and the cat sat on a mat".split()
     rows = [{"id": i, "prompt": " ".join(words[i % 7: i % 7 + 5]) + " ",
@@ -147,6 +149,7 @@ def test_resume_refuses_a_different_input(tmp_path, tiny_model_dir, capsys):
     assert "same input" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_terminal(tmp_path, pairs_file, tiny_model_dir):
     """stderr on a pseudo-terminal gets a rich progress bar; stdout still has only records."""
     import pty

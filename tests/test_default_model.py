@@ -123,6 +123,7 @@ def test_heldout_pairs_file():
         assert r["prompt"].endswith("\n") and r["response"].lstrip().startswith(('"', "'", "r", "u"))
 
 
+@pytest.mark.slow
 @needs_model
 def test_conditional_matching_on_the_heldout_pairs(scorer):
     import re
@@ -137,6 +138,7 @@ def test_conditional_matching_on_the_heldout_pairs(scorer):
     assert abs(100 * result["rate"] - stated) < 0.5          # the card's figure reproduces
 
 
+@pytest.mark.slow
 @needs_model
 def test_heldout_source_beats_the_unigram_baseline(scorer, hf_tok):
     stdlib_corpus, ev = _corpus()
@@ -177,6 +179,7 @@ def test_mismatched_partners_is_a_derangement_within_indentation():
     assert sorted(partner[:6]) == list(range(6))
 
 
+@pytest.mark.slow
 @needs_model
 def test_cli_score_without_model_prints_token_logprobs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "loglik", "score",

@@ -42,6 +42,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(480)     # a deadlock (e.g. actors starving the read tasks) fails fast
 def test_two_actors_match_the_single_process_run_and_resume_by_shard(local_ray, tmp_path,
