@@ -12,10 +12,12 @@ at a time, so memory is O(chunk_size x vocab). Its plain equivalent is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from .types import TokenResult
 
 # Rows of the output head computed at once: about 64 MiB of fp32 logits per chunk.
 CHUNK_BYTES = 64 * 2**20
@@ -156,3 +158,21 @@ def head_logprobs(
             out_top_ids[s:s + chunk] = ids.cpu()
             out_top_lp[s:s + chunk] = (vals - lse.unsqueeze(-1)).double().cpu()
     return HeadOutput(out_lp, out_greedy, out_rank, out_ent, out_top_ids, out_top_lp)
+
+
+def split_head_output(out: HeadOutput, lengths: Sequence[int]) -> list[TokenResult]:
+    """Cut a flat :class:`~loglik.logprobs.HeadOutput` into one TokenResult per request."""
+    results, s = [], 0
+    lp, gr = out.logprobs.tolist(), out.greedy.tolist()
+    rk = out.ranks.tolist() if out.ranks is not None else None
+    en = out.entropies.tolist() if out.entropies is not None else None
+    ti = out.top_ids.tolist() if out.top_ids is not None else None
+    tl = out.top_logprobs.tolist() if out.top_logprobs is not None else None
+    for n in lengths:
+        e = s + n
+        results.append(TokenResult(
+            lp[s:e], gr[s:e], rk[s:e] if rk is not None else None,
+            en[s:e] if en is not None else None,
+            [list(zip(a, b)) for a, b in zip(ti[s:e], tl[s:e])] if ti is not None else None))
+        s = e
+    return results

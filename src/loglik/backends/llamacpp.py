@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, ConfigError, ModelLoadError, require
-from ..logprobs import HeadOutput, head_logprobs
+from ..logprobs import head_logprobs, split_head_output
 from ..types import Detail, Request, TokenResult
 from .base import DISTRIBUTIONS, PACKED_ROWS, SHARED_CONTEXT
 from .gguf_file import read_gguf_header
@@ -276,7 +276,7 @@ class LlamaCppBackend:
                                 lambda idx: logits[idx], vocab_size=self.vocab_size,
                                 chunk_size=self.chunk_size, rank=detail.rank,
                                 entropy=detail.entropy, top_k=detail.top_k)
-            results.update(zip(lay.keys, split_output(out, lay.lengths)))
+            results.update(zip(lay.keys, split_head_output(out, lay.lengths)))
         return results
 
     def _decoded(self, units: list[Unit], batch_tokens: int | None):
@@ -317,24 +317,6 @@ class LlamaCppBackend:
 
     def _clear_cache(self) -> None:
         self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), False)
-
-
-def split_output(out: HeadOutput, lengths: Sequence[int]) -> list[TokenResult]:
-    """Cut a flat HeadOutput (request after request) into one TokenResult per request."""
-    lp, gr = out.logprobs.tolist(), out.greedy.tolist()
-    rk = out.ranks.tolist() if out.ranks is not None else None
-    en = out.entropies.tolist() if out.entropies is not None else None
-    ti = out.top_ids.tolist() if out.top_ids is not None else None
-    tl = out.top_logprobs.tolist() if out.top_logprobs is not None else None
-    results, s = [], 0
-    for n in lengths:
-        e = s + n
-        results.append(TokenResult(
-            lp[s:e], gr[s:e], rk[s:e] if rk is not None else None,
-            en[s:e] if en is not None else None,
-            [list(zip(a, b)) for a, b in zip(ti[s:e], tl[s:e])] if ti is not None else None))
-        s = e
-    return results
 
 
 def _version(lib: Any) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ...logprobs import HeadOutput, head_logprobs, predicting_positions
+from ...logprobs import head_logprobs, predicting_positions, split_head_output
 from ...types import Detail, Request, TokenResult
 from .adapter import ModelAdapter
 
@@ -68,24 +68,6 @@ def apply_head(model: ModelAdapter, hidden: torch.Tensor, targets: torch.Tensor,
                         chunk_size=chunk_size, rank=detail.rank, entropy=detail.entropy,
                         top_k=detail.top_k)
     return split_head_output(out, lengths)
-
-
-def split_head_output(out: HeadOutput, lengths: Sequence[int]) -> list[TokenResult]:
-    """Cut a flat :class:`~loglik.logprobs.HeadOutput` into one TokenResult per request."""
-    results, s = [], 0
-    lp, gr = out.logprobs.tolist(), out.greedy.tolist()
-    rk = out.ranks.tolist() if out.ranks is not None else None
-    en = out.entropies.tolist() if out.entropies is not None else None
-    ti = out.top_ids.tolist() if out.top_ids is not None else None
-    tl = out.top_logprobs.tolist() if out.top_logprobs is not None else None
-    for n in lengths:
-        e = s + n
-        results.append(TokenResult(
-            lp[s:e], gr[s:e], rk[s:e] if rk is not None else None,
-            en[s:e] if en is not None else None,
-            [list(zip(a, b)) for a, b in zip(ti[s:e], tl[s:e])] if ti is not None else None))
-        s = e
-    return results
 
 
 def max_diff_from_alone(model: ModelAdapter, requests: Sequence[Request],
