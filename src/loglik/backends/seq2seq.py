@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..errors import BackendError, ModelLoadError
+from ..errors import BackendError
 from ..logprobs import head_logprobs
 from ..types import Detail, Request, TokenResult
 
@@ -45,22 +45,10 @@ def load_seq2seq(name: str, *, dtype: Any = "float32", device: str = "cpu",
                  trust_remote_code: bool = False, allow_pickle: bool = False,
                  revision: str | None = None) -> tuple[Any, Any]:
     """Load an encoder-decoder LM and its tokenizer (safetensors only unless allow_pickle)."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from .hf import load_hf
 
-    from .hf import resolve_dtype
-
-    path = os.path.expanduser(name)
-    kw = dict(trust_remote_code=trust_remote_code, revision=revision)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-        model = AutoModelForSeq2SeqLM.from_pretrained(
-            path, dtype=resolve_dtype(dtype), use_safetensors=None if allow_pickle else True,
-            **kw)
-    except Exception as exc:
-        hint = ("" if allow_pickle else "; if it only has pickle (.bin) weights and you trust "
-                "them, pass allow_pickle=True (--allow-pickle)")
-        raise ModelLoadError(f"cannot load encoder-decoder model {name!r}: {exc}{hint}") from exc
-    return model.to(device).eval(), tokenizer
+    return load_hf(name, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                   allow_pickle=allow_pickle, revision=revision, kind="seq2seq")
 
 
 class Seq2SeqBackend:

@@ -40,13 +40,18 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
 
 def load_hf(name: str, *, dtype: str | torch.dtype | None = "float32", device: str = "cpu",
             trust_remote_code: bool = False, allow_pickle: bool = False,
-            revision: str | None = None) -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer from a local folder or a hub id.
+            revision: str | None = None, kind: str = "causal") -> tuple[Any, Any]:
+    """Load a causal LM (``kind="causal"``) or an encoder-decoder LM (``"seq2seq"``) and its
+    tokenizer from a local folder or a hub id.
 
     Weights load from safetensors only unless ``allow_pickle``; remote code runs only with
     ``trust_remote_code``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
+
+    auto = {"causal": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM"}[kind]
+    what = "model" if kind == "causal" else "encoder-decoder model"
 
     path = os.path.expanduser(name)
     # A hub id is "name" or "org/name"; anything else is meant as a local folder.
@@ -61,13 +66,13 @@ def load_hf(name: str, *, dtype: str | torch.dtype | None = "float32", device: s
     except Exception as exc:  # transformers raises OSError, ValueError, EnvironmentError...
         raise ModelLoadError(f"cannot load a tokenizer for {name!r}: {exc}") from exc
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = getattr(transformers, auto).from_pretrained(
             path, dtype=resolve_dtype(dtype), use_safetensors=None if allow_pickle else True,
             **kw)
     except Exception as exc:
         hint = ("" if allow_pickle else "; if it only has pickle (.bin) weights and you trust "
                 "them, pass allow_pickle=True (--allow-pickle)")
-        raise ModelLoadError(f"cannot load model {name!r}: {exc}{hint}") from exc
+        raise ModelLoadError(f"cannot load {what} {name!r}: {exc}{hint}") from exc
     return model.to(device).eval(), tokenizer
 
 
