@@ -14,14 +14,10 @@ from loglik.errors import InputError
 from loglik.run import count_records, score_file
 from loglik.score_table import ScoreTable
 
+from .test_cli_score import write_jsonl
+
 PAIRS = [("The capital of France is ", "Paris."), ("Ans", "wer"), ("", "Hello world"),
          ("I love ", "🍕!"), ("Hello", ""), ("2 + 2 =", " 4")]
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                    encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture()
