@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from loglik import Scorer
+from loglik.backends.hf import ModelAdapter
 from loglik.logprobs import reference_logprobs
 from loglik.plan import plan_packed
 from loglik.testing import FAMILIES, tiny_model
@@ -150,10 +151,10 @@ def test_kv_reuse_in_small_groups_matches_alone(sp_tokenizer, torch_threads, mon
     model = tiny_model("llama", len(sp_tokenizer), scale=10.0, seed=7)
     scorer = Scorer.from_hf(model, sp_tokenizer, batch_tokens=90)
     steps = []
-    real_cache_of = hf_kv._cache_of
+    real_cache_of = ModelAdapter.prefix_cache
     monkeypatch.setattr(hf_kv, "worth_it", lambda batch: True)
-    monkeypatch.setattr(hf_kv, "_cache_of", lambda layers, rows: (
-        steps.append((len(rows), layers[0][0].shape[2])), real_cache_of(layers, rows))[1])
+    monkeypatch.setattr(ModelAdapter, "prefix_cache", lambda self, layers, rows: (
+        steps.append((len(rows), layers[0][0].shape[2])), real_cache_of(self, layers, rows))[1])
     pairs = [(PROMPTS[1], r) for r in RESPONSES] + [(PROMPTS[0], r) for r in RESPONSES]
     got = scorer.score_many(pairs)
     alone = Scorer(scorer.backend, scorer.tokenizer, share_context=False, pack=False)
@@ -165,10 +166,10 @@ def test_kv_reuse_in_small_groups_matches_alone(sp_tokenizer, torch_threads, mon
 
 
 def _break_kv(monkeypatch):
-    def broken(layers, rows):
+    def broken(self, layers, rows):
         raise RuntimeError("this cache cannot be rebuilt")
 
-    monkeypatch.setattr("loglik.backends.hf.kv._cache_of", broken)
+    monkeypatch.setattr(ModelAdapter, "prefix_cache", broken)
 
 
 def test_models_that_cannot_reuse_kv_keep_tree_rows(sp_tokenizer, caplog, torch_threads,

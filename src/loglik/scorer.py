@@ -113,6 +113,7 @@ class Scorer:
                 pack=pack, parse_special=parse_special, turns=turns, end_of_turn=end_of_turn,
                 chat_template=chat_template)
         from .backends.hf import HFBackend, load_hf, verdicts   # torch: only when loading
+        from .backends.hf.compact import load_compact
 
         if threads is not None:
             if threads < 1:
@@ -136,15 +137,21 @@ class Scorer:
                 return cls.from_seq2seq(s2s, tok, chunk_size=chunk_size, max_length=max_length,
                                         **options)  # type: ignore[arg-type]
         name = model or default_model_path()
-        hf_model, tokenizer = load_hf(name, dtype=dtype, device=device,
-                                      trust_remote_code=trust_remote_code,
-                                      allow_pickle=allow_pickle, revision=revision)
+        # The embedded default model runs on loglik's own plain-Llama module: a short command
+        # then skips transformers' model imports, most of its start-up (backends/hf/compact).
+        loaded = (load_compact(name, dtype=dtype, device=device)
+                  if model is None and adapter is None else None)
+        hf_model, tokenizer = loaded or load_hf(name, dtype=dtype, device=device,
+                                                trust_remote_code=trust_remote_code,
+                                                allow_pickle=allow_pickle, revision=revision)
         if adapter is not None:
             from .train_lora import apply_adapter
 
             hf_model = apply_adapter(hf_model, adapter)
         # The load-time self-checks' verdicts are remembered per model folder (and code).
-        key = verdicts.folder_key(name, dtype=dtype, device=device) if adapter is None else None
+        key = (verdicts.folder_key(name, dtype=dtype, device=device,
+                                   engine=type(hf_model).__name__)
+               if adapter is None else None)
         known = verdicts.load(key)
         backend = HFBackend(hf_model, chunk_size=chunk_size, max_length=max_length,
                             verdicts=known)

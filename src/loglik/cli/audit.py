@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     fields = fields_from_args(args)
     examples = (read_examples(args.data, fields, args.format) if args.data is not None
                 else None)
-    scorer = scorer_from_args(args)
+    scorer = scorer_from_args(args, transformers_model=True)
     if args.engine:
         from ..audit.engine import audit_engine
 

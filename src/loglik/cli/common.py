@@ -127,11 +127,19 @@ def is_server_url(model: Any) -> bool:
     return isinstance(model, str) and model.startswith(("http://", "https://"))
 
 
-def scorer_from_args(args: argparse.Namespace, model: str | None = None):
+def scorer_from_args(args: argparse.Namespace, model: str | None = None, *,
+                     transformers_model: bool = False):
+    """The scorer the command's options ask for. ``transformers_model``: a command that calls
+    the model's own forward or ``generate`` (audit, serve) gets the default model through
+    transformers, not loglik's start-up-light module (:mod:`loglik.backends.hf.compact`)."""
     from ..hub import check_model_source
     from ..scorer import Scorer
 
     model = model if model is not None else args.model
+    if model is None and transformers_model:
+        from ..default_model import default_model_path
+
+        model = default_model_path()
     if is_server_url(model):
         return Scorer.from_server(model, tokenizer=getattr(args, "tokenizer", None),
                                   model=getattr(args, "served_model", None),

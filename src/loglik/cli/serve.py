@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                          max_request_tokens=args.max_request_tokens,
                          max_new_tokens=args.max_new_tokens, max_queue=args.max_queue,
                          batch_wait_ms=args.batch_wait_ms)
-    scorer = scorer_from_args(args)
+    scorer = scorer_from_args(args, transformers_model=True)
     name = args.served_model_name or (os.path.basename(os.path.normpath(args.model))
                                       if args.model else "loglik-default")
     serve(scorer, host=args.host, port=args.port, config=config, model_name=name,

@@ -176,6 +176,51 @@ class ModelAdapter:
         states = last_hidden(out) if self.fast else out.logits
         return states, out_cache(out)
 
+    @property
+    def compact(self) -> bool:
+        """Is this loglik's own plain-Llama module (:mod:`.compact`), not a transformers one?"""
+        return bool(getattr(self.model, "is_compact", False))
+
+    def new_cache(self) -> Any:
+        """An empty KV cache for :meth:`states_with_cache` (full layers: loglik's masks, not
+        the cache, apply any window)."""
+        if self.compact:
+            from .compact import KVCache
+
+            return KVCache()
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+    def prefix_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]],
+                     rows: torch.Tensor) -> Any:
+        """A cache whose layer i answers with ``layers[i]``'s keys/values (B, heads, Tc, d)
+        at ``rows`` + the new ones.
+
+        Nothing is stored: each layer gathers its rows when it runs and drops them after, so
+        a forward holds one layer's copy at a time, not every layer's."""
+        if self.compact:
+            from .compact import prefix_cache
+
+            return prefix_cache(layers, rows)
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        class PrefixLayer(DynamicLayer):
+            def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+                super().__init__()
+                self.keys, self.values = keys, values             # (B, heads, Tc, d)
+                self.device, self.is_initialized = keys.device, True
+
+            def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
+                       *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                return (torch.cat([self.keys[rows], key_states], dim=-2),
+                        torch.cat([self.values[rows], value_states], dim=-2))
+
+        cache = DynamicCache()
+        cache.layers = [PrefixLayer(k, v) for k, v in layers]
+        return cache
+
     def self_check(self) -> bool:
         """Does body + head (+ transform) reproduce ``model(...).logits``? Sets ``fast``."""
         if not self.fast:

@@ -12,7 +12,8 @@ silently wrong:
 * shared contexts by KV reuse (``kv_sharing``, :mod:`.kv`).
 
 Declared capabilities: ``packed_rows`` and ``shared_context`` when ``packing`` holds,
-``distributions`` and ``torch_model`` always.
+``distributions`` always, ``torch_model`` for a transformers model (not for loglik's own
+plain-Llama module, :mod:`.compact`, which has no ``generate``).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class HFBackend:
             self.kv_sharing = self.packing and verdicts["kv_sharing"]
         else:
             self._run_self_checks()
-        caps = {DISTRIBUTIONS, TORCH_MODEL}
+        caps = {DISTRIBUTIONS} if self.adapter.compact else {DISTRIBUTIONS, TORCH_MODEL}
         if self.packing:
             caps |= {PACKED_ROWS, SHARED_CONTEXT}
         self.capabilities = frozenset(caps)

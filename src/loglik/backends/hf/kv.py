@@ -25,8 +25,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 
 from ...masks import allowed, layout_rows
@@ -54,30 +52,6 @@ def worth_it(batch: PackedBatch) -> bool:
     ctx = sum(len(u.context) for row in batch.rows for u in row if len(u.members) > 1)
     branch = sum(sum(u.branch_lengths) for row in batch.rows for u in row if len(u.members) > 1)
     return branch > ctx
-
-
-def _cache_of(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor) -> Any:
-    """A cache whose layer i answers with step 1's keys/values of ``rows`` + the new ones.
-
-    Nothing is stored: each layer gathers its rows when it runs and drops them after, so the
-    group holds one layer's copy at a time, not every layer's."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    class PrefixLayer(DynamicLayer):
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-            super().__init__()
-            self.keys, self.values = keys, values             # (B, heads, Tc, d)
-            self.device, self.is_initialized = keys.device, True
-
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
-                   *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            return (torch.cat([self.keys[rows], key_states], dim=-2),
-                    torch.cat([self.values[rows], value_states], dim=-2))
-
-    cache = DynamicCache()
-    cache.layers = [PrefixLayer(k, v) for k, v in layers]
-    return cache
 
 
 def _branch_mask(group: Sequence[_Branch], width: int, length: int,
@@ -111,7 +85,7 @@ def score_kv(model: ModelAdapter, batch: PackedBatch, requests: Sequence[Request
     layout = layout_rows(ctx_rows, [], width)
     mask = mask_for_layers(model.config, lambda w: allowed(layout, w), model.dtype)
     states1, cache = model.states_with_cache(
-        _empty_cache(), input_ids=layout.input_ids.to(dev),
+        model.new_cache(), input_ids=layout.input_ids.to(dev),
         attention_mask=mask_to(mask, dev), position_ids=layout.position_ids.to(dev))
     layers = [(layer.keys, layer.values) for layer in cache.layers]
     del cache
@@ -147,8 +121,8 @@ def score_kv(model: ModelAdapter, batch: PackedBatch, requests: Sequence[Request
             model.config, lambda w, g=group, n=lb: _branch_mask(g, width, n, w), model.dtype)
         rows = torch.tensor([b.row for b in group], device=dev)
         states2, _ = model.states_with_cache(
-            _cache_of(layers, rows), input_ids=ids.to(dev), attention_mask=mask_to(mask2, dev),
-            position_ids=pos.to(dev))
+            model.prefix_cache(layers, rows), input_ids=ids.to(dev),
+            attention_mask=mask_to(mask2, dev), position_ids=pos.to(dev))
         for g, j in enumerate(group_idx):
             later[j] = states2[g, :branches[j].length]
         del states2
@@ -159,12 +133,6 @@ def score_kv(model: ModelAdapter, batch: PackedBatch, requests: Sequence[Request
     results = apply_head(model, hidden, targets, [b.length + 1 for b in branches], detail,
                          chunk_size=chunk_size)
     return {b.request: res for b, res in zip(branches, results)}
-
-
-def _empty_cache() -> Any:
-    from transformers import DynamicCache
-
-    return DynamicCache()       # full layers: our masks, not the cache, apply any window
 
 
 # Probe: a context with three branches (one of length 0) beside a unit of its own.

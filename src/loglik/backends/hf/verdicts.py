@@ -5,7 +5,7 @@ small forward passes). For a model loaded from a local folder the verdicts depen
 files and the code that runs them, so they are kept in a small JSON file under the cache
 folder (``$LOGLIK_CACHE_DIR``, else ``$XDG_CACHE_HOME/loglik``, else ``~/.cache/loglik``),
 keyed by a hash of: the folder's config and weight files (name, size, modification time),
-the dtype and device type, the versions of loglik, torch and transformers, and the source of
+the dtype and device type, the model class, the versions of loglik, torch and transformers, and the source of
 this backend. A second run
 of the same command skips the checks; any change to the model or the code checks again.
 ``LOGLIK_CACHE_DIR=''`` (empty) turns the cache off.
@@ -35,9 +35,10 @@ def cache_dir() -> Path | None:
     return Path(base) / "loglik"
 
 
-def folder_key(folder: str, *, dtype: Any, device: Any) -> str | None:
-    """A hash naming this model folder's files, the run's dtype/device and the code versions;
-    None when ``folder`` is not a local folder (a hub id is resolved by transformers)."""
+def folder_key(folder: str, *, dtype: Any, device: Any, engine: str = "") -> str | None:
+    """A hash naming this model folder's files, the run's dtype/device, the module that runs
+    the model (``engine``: its class name) and the code versions; None when ``folder`` is not
+    a local folder (a hub id is resolved by transformers)."""
     path = Path(os.path.expanduser(folder))
     if not path.is_dir():
         return None
@@ -52,7 +53,7 @@ def folder_key(folder: str, *, dtype: Any, device: Any) -> str | None:
         if f.is_file() and name.endswith(_FILE_SUFFIXES):
             st = f.stat()
             h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    h.update(f"{path.resolve()}|{dtype}|{torch.device(device).type}|{__version__}|"
+    h.update(f"{path.resolve()}|{dtype}|{torch.device(device).type}|{engine}|{__version__}|"
              f"{torch.__version__}|{transformers.__version__}".encode())
     for src in sorted(Path(__file__).parent.glob("*.py")):   # the checks' own code
         h.update(src.read_bytes())
