@@ -112,8 +112,9 @@ class Scorer:
                 batch_tokens=batch_tokens, window=window, share_context=share_context,
                 pack=pack, parse_special=parse_special, turns=turns, end_of_turn=end_of_turn,
                 chat_template=chat_template)
-        from .backends.hf import HFBackend, load_hf, verdicts   # torch: only when loading
+        from .backends.hf import HFBackend, load_hf, load_tokenizer, verdicts  # torch: here
         from .backends.hf.compact import load_compact
+        from .tokenize import file_tokenizer
 
         if threads is not None:
             if threads < 1:
@@ -139,11 +140,14 @@ class Scorer:
         name = model or default_model_path()
         # The embedded default model runs on loglik's own plain-Llama module: a short command
         # then skips transformers' model imports, most of its start-up (backends/hf/compact).
-        loaded = (load_compact(name, dtype=dtype, device=device)
-                  if model is None and adapter is None else None)
-        hf_model, tokenizer = loaded or load_hf(name, dtype=dtype, device=device,
-                                                trust_remote_code=trust_remote_code,
-                                                allow_pickle=allow_pickle, revision=revision)
+        compact = (load_compact(name, dtype=dtype, device=device)
+                   if model is None and adapter is None else None)
+        if compact is not None:
+            hf_model, tokenizer = compact, file_tokenizer(name) or load_tokenizer(name)
+        else:
+            hf_model, tokenizer = load_hf(name, dtype=dtype, device=device,
+                                          trust_remote_code=trust_remote_code,
+                                          allow_pickle=allow_pickle, revision=revision)
         if adapter is not None:
             from .train_lora import apply_adapter
 

@@ -99,6 +99,119 @@ class HFTokenizer:
     def __len__(self) -> int:
         return len(self.hf)
 
+    def decode_batch(self, seqs: Sequence[Sequence[int]]) -> list[str]:
+        """:meth:`decode` of each sequence, in one call into the Rust tokenizer."""
+        return self.hf.batch_decode([list(s) for s in seqs], skip_special_tokens=False,
+                                    clean_up_tokenization_spaces=False)
+
+    @property
+    def backend_tokenizer(self) -> Any:
+        """The ``tokenizers.Tokenizer`` behind a fast tokenizer (None for a slow one)."""
+        return getattr(self.hf, "backend_tokenizer", None)
+
+    def with_parse_special(self, parse_special: bool) -> HFTokenizer:
+        """This tokenizer, treating special-token strings in text the other way or not."""
+        if parse_special == self.parse_special:
+            return self
+        return HFTokenizer(self.hf, parse_special=parse_special)
+
+
+class FileTokenizer(HFTokenizer):
+    """A ``save_pretrained`` fast tokenizer read by the ``tokenizers`` library alone.
+
+    Encoding and decoding are what transformers' fast tokenizer does with the same
+    ``tokenizer.json`` (``tokenizers.Tokenizer.encode_batch`` without special tokens, with
+    ``encode_special_tokens`` for special-token strings in text), without importing
+    transformers' tokenizer stack (about half of a short default-model command's CPU time
+    after torch). ``hf``, the transformers tokenizer, loads the first time something asks for
+    it (chat templates, saving). Used for the embedded default model (``tests/test_compact``
+    holds it to transformers' tokenizer); :func:`file_tokenizer` says when it applies.
+    """
+
+    def __init__(self, folder: str, backend: Any, bos: str | None, eos: str | None, *,
+                 parse_special: bool = False) -> None:
+        self.folder, self._backend, self._hf = folder, backend, None
+        self._special = (bos, eos)
+        self.parse_special = parse_special
+        self.bos_token_id = backend.token_to_id(bos) if bos is not None else None
+        self.eos_token_id = backend.token_to_id(eos) if eos is not None else None
+        with_special = backend.encode("x", add_special_tokens=True).ids
+        without = backend.encode("x", add_special_tokens=False).ids
+        self.adds_bos = (self.bos_token_id is not None and len(with_special) > len(without)
+                         and with_special[0] == self.bos_token_id)
+
+    @property
+    def hf(self) -> Any:   # type: ignore[override]
+        if self._hf is None:
+            from transformers import PreTrainedTokenizerFast
+
+            self._hf = PreTrainedTokenizerFast.from_pretrained(self.folder)
+        return self._hf
+
+    @property
+    def backend_tokenizer(self) -> Any:
+        return self._backend
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        self._backend.encode_special_tokens = not self.parse_special
+        return [e.ids for e in self._backend.encode_batch(list(texts),
+                                                          add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._backend.decode(list(ids), skip_special_tokens=False)
+
+    def decode_batch(self, seqs: Sequence[Sequence[int]]) -> list[str]:
+        return self._backend.decode_batch([list(s) for s in seqs], skip_special_tokens=False)
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        return [self._backend.id_to_token(int(i)) for i in ids]
+
+    def __len__(self) -> int:
+        return int(self._backend.get_vocab_size(with_added_tokens=True))
+
+    def with_parse_special(self, parse_special: bool) -> HFTokenizer:
+        if parse_special == self.parse_special:
+            return self
+        other = FileTokenizer(self.folder, self._backend, *self._special,
+                              parse_special=parse_special)
+        other._hf = self._hf
+        return other
+
+
+def file_tokenizer(folder: str) -> FileTokenizer | None:
+    """A :class:`FileTokenizer` for a folder whose tokenizer is a plain ``tokenizer.json``
+    (transformers' generic fast tokenizer class, string BOS/EOS, no chat template, no extra
+    special-token files); None otherwise (load it with transformers)."""
+    import json
+    import os
+
+    config_file = os.path.join(folder, "tokenizer_config.json")
+    tokenizer_file = os.path.join(folder, "tokenizer.json")
+    if not (os.path.isfile(config_file) and os.path.isfile(tokenizer_file)):
+        return None
+    if any(os.path.exists(os.path.join(folder, f)) for f in (
+            "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+            "tokenizer.model")):
+        return None
+    with open(config_file, encoding="utf-8") as f:
+        config = json.load(f)
+    plain = {"backend", "bos_token", "eos_token", "is_local", "local_files_only",
+             "model_max_length", "tokenizer_class"}
+    if (set(config) - plain or config.get("tokenizer_class") not in (
+            "TokenizersBackend", "PreTrainedTokenizerFast")
+            or not all(isinstance(config.get(k), (str, type(None)))
+                       for k in ("bos_token", "eos_token"))):
+        return None
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(tokenizer_file)
+    bos, eos = config.get("bos_token"), config.get("eos_token")
+    if any(t is not None and backend.token_to_id(t) is None for t in (bos, eos)):
+        return None
+    return FileTokenizer(folder, backend, bos, eos)
+
 
 def as_text_tokenizer(tokenizer: Any, *, parse_special: bool | None = None) -> TextTokenizer:
     """Wrap a Hugging Face tokenizer; pass through anything that already fits the protocol.
@@ -107,9 +220,9 @@ def as_text_tokenizer(tokenizer: Any, *, parse_special: bool | None = None) -> T
     :class:`HFTokenizer` that treats special-token strings the other way.
     """
     if isinstance(tokenizer, HFTokenizer):
-        if parse_special is None or parse_special == tokenizer.parse_special:
+        if parse_special is None:
             return tokenizer
-        return HFTokenizer(tokenizer.hf, parse_special=parse_special)
+        return tokenizer.with_parse_special(parse_special)
     if hasattr(tokenizer, "encode_batch") and hasattr(tokenizer, "adds_bos"):
         return tokenizer
     return HFTokenizer(tokenizer, parse_special=bool(parse_special))
@@ -384,8 +497,9 @@ def _byte_level_alphabet() -> dict[str, int]:
 
 def _token_bytes(tok: TextTokenizer, ids: list[int]) -> list[bytes] | None:
     """The UTF-8 bytes each token stands for, when the tokenizer's tokens are bytes."""
-    hf = getattr(tok, "hf", None)
-    backend = getattr(hf, "backend_tokenizer", None)
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        backend = getattr(getattr(tok, "hf", None), "backend_tokenizer", None)
     decoder = str(getattr(backend, "decoder", "")) if backend is not None else ""
     pieces = tok.convert_ids_to_tokens(ids)
     if "ByteLevel" in decoder:
@@ -425,8 +539,11 @@ def _pieces_by_decoding(tok: TextTokenizer, context: list[int], scored: list[int
 
 
 def _decode_each(tok: TextTokenizer, seqs: list[list[int]]) -> list[str]:
+    batch = getattr(tok, "decode_batch", None)
+    if batch is not None:   # one call into the Rust tokenizer
+        return batch(seqs)
     hf = getattr(tok, "hf", None)
-    if hf is not None:   # one call into the Rust tokenizer
+    if hf is not None:
         return hf.batch_decode(seqs, skip_special_tokens=False,
                                clean_up_tokenization_spaces=False)
     return [tok.decode(s) for s in seqs]

@@ -48,7 +48,6 @@ def load_hf(name: str, *, dtype: str | torch.dtype | None = "float32", device: s
     ``trust_remote_code``.
     """
     import transformers
-    from transformers import AutoTokenizer
 
     auto = {"causal": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM"}[kind]
     what = "model" if kind == "causal" else "encoder-decoder model"
@@ -61,10 +60,7 @@ def load_hf(name: str, *, dtype: str | torch.dtype | None = "float32", device: s
         raise ModelLoadError(f"model {name!r} not found: no such directory; pass a folder "
                              "written by save_pretrained or a Hugging Face model id")
     kw = dict(trust_remote_code=trust_remote_code, revision=revision)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-    except Exception as exc:  # transformers raises OSError, ValueError, EnvironmentError...
-        raise ModelLoadError(f"cannot load a tokenizer for {name!r}: {exc}") from exc
+    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
     try:
         model = getattr(transformers, auto).from_pretrained(
             path, dtype=resolve_dtype(dtype), use_safetensors=None if allow_pickle else True,
@@ -74,6 +70,19 @@ def load_hf(name: str, *, dtype: str | torch.dtype | None = "float32", device: s
                 "them, pass allow_pickle=True (--allow-pickle)")
         raise ModelLoadError(f"cannot load {what} {name!r}: {exc}{hint}") from exc
     return model.to(device).eval(), tokenizer
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False,
+                   revision: str | None = None) -> Any:
+    """``AutoTokenizer.from_pretrained`` with loglik's error (a folder or a hub id)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(os.path.expanduser(name),
+                                             trust_remote_code=trust_remote_code,
+                                             revision=revision)
+    except Exception as exc:  # transformers raises OSError, ValueError, EnvironmentError...
+        raise ModelLoadError(f"cannot load a tokenizer for {name!r}: {exc}") from exc
 
 
 def context_length(config: Any) -> int | None:

@@ -12,8 +12,9 @@ uses (``input_ids``, ``attention_mask`` 2D or additive 4D, ``position_ids``,
 on it unchanged. ``tests/test_compact.py`` holds it to ``LlamaForCausalLM`` on the same
 weights and to the float64 reference.
 
-It is used for ``Scorer.from_pretrained()`` with no model named (:func:`load_compact`); a
-config it does not cover exactly (:func:`supported`) loads through transformers instead.
+It is used for ``Scorer.from_pretrained()`` with no model named (:func:`load_compact`; the
+tokenizer then is :class:`loglik.tokenize.FileTokenizer`); a config it does not cover
+exactly (:func:`supported`) loads through transformers instead.
 It has no ``generate`` and declares no ``torch_model`` capability: the commands that need
 transformers' own model (``audit``'s model checks, ``serve``'s generation, ``train``) load
 the default model's folder through transformers.
@@ -296,17 +297,16 @@ class CompactLlama(nn.Module):
 
 
 def load_compact(folder: str, *, dtype: str | torch.dtype | None = "float32",
-                 device: str = "cpu") -> tuple[CompactLlama, Any] | None:
-    """The model and tokenizer of a ``save_pretrained`` Llama folder with one safetensors
-    file, or None when :func:`supported` says no (the caller loads it with transformers).
-    ``dtype`` as :func:`~.adapter.resolve_dtype` reads it; "auto" is the config's own."""
+                 device: str = "cpu") -> CompactLlama | None:
+    """The model of a ``save_pretrained`` Llama folder with one safetensors file, or None when
+    :func:`supported` says no (the caller loads it with transformers). ``dtype`` as
+    :func:`~.adapter.resolve_dtype` reads it; "auto" is the config's own."""
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
         values = json.load(f)
     weights = os.path.join(folder, "model.safetensors")
     if not supported(values) or not os.path.isfile(weights):
         return None
     from safetensors.torch import load_file
-    from transformers import PreTrainedTokenizerFast   # not AutoTokenizer: 4x its import
 
     torch_dtype = resolve_dtype(dtype)
     if torch_dtype == "auto":
@@ -318,5 +318,4 @@ def load_compact(folder: str, *, dtype: str | torch.dtype | None = "float32",
     if "lm_head.weight" not in state and config.tie_word_embeddings is not False:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True)
-    model = model.to(device=device, dtype=torch_dtype).eval()
-    return model, PreTrainedTokenizerFast.from_pretrained(folder)
+    return model.to(device=device, dtype=torch_dtype).eval()

@@ -42,8 +42,9 @@ def folder_key(folder: str, *, dtype: Any, device: Any, engine: str = "") -> str
     path = Path(os.path.expanduser(folder))
     if not path.is_dir():
         return None
+    from importlib.metadata import version
+
     import torch
-    import transformers
 
     from ...version import __version__
 
@@ -54,7 +55,7 @@ def folder_key(folder: str, *, dtype: Any, device: Any, engine: str = "") -> str
             st = f.stat()
             h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     h.update(f"{path.resolve()}|{dtype}|{torch.device(device).type}|{engine}|{__version__}|"
-             f"{torch.__version__}|{transformers.__version__}".encode())
+             f"{torch.__version__}|{version('transformers')}".encode())
     for src in sorted(Path(__file__).parent.glob("*.py")):   # the checks' own code
         h.update(src.read_bytes())
     return h.hexdigest()
