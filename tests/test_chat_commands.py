@@ -76,6 +76,7 @@ def test_explain_a_conversation(chat):
         scorer.explain("a", "b", messages=CONV)
 
 
+@pytest.mark.slow
 def test_cli_choose_and_explain_conversations(tmp_path, torch_threads):
     tok = chat_tokenizer("chatml")
     folder = tmp_path / "m"
@@ -125,6 +126,7 @@ def test_training_loss_is_minus_the_scored_turns(chat, tmp_path, end_of_turn):
     assert sum(len(r.response_ids) for r in rows) == sum(s.num_tokens for s in scored)
 
 
+@pytest.mark.slow
 def test_train_on_chats_cli(tmp_path, torch_threads):
     tok = chat_tokenizer("chatml")
     folder = tmp_path / "m"
