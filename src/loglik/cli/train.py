@@ -94,6 +94,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_options(p)
     add_encode_options(p)
     p.set_defaults(turns="all")   # conversations: train on every assistant turn
+    for action in p._actions:
+        if action.dest == "turns":
+            action.help = ("conversations (messages records): train on every assistant "
+                           "message (default) or the last one only")
     p.set_defaults(run=run)
 
 
