@@ -53,8 +53,9 @@ def test_choose_equals_scoring_each_candidate_conversation(chat):
                                                           " Paris").logprob, abs=1e-4)
 
 
-def test_choose_conversation_errors(chat):
-    tok, model = chat
+def test_choose_conversation_errors(torch_threads):
+    tok = chat_tokenizer("chatml")
+    model = tiny_model("llama", len(tok))
     with pytest.raises(InputError, match=r'missing field "context" \(or "messages"'):
         choose(Scorer.from_hf(model, tok), [{"choices": ["a"]}])
     with pytest.raises(ConfigError, match="--turns all"):
