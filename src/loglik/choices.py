@@ -13,6 +13,13 @@ choice is scored as a response to the context, and the pick is made under each r
 ``mutual_info`` argmax of log Pr(choice | context) − log Pr(choice | neutral prompt)
 =============  ===============================================================================
 
+A row may be a conversation instead of a context: ``messages`` (OpenAI format, the
+history) and ``choices``; each choice is a candidate final assistant message after the
+history, scored as ``loglik score`` scores the conversation ``messages + [{"role":
+"assistant", "content": choice}]`` (its last turn: content and end-of-turn tokens, rendered
+with the chat template; :mod:`loglik.chat`). Its ``mutual_info`` rule scores the choice as
+the assistant's reply to the single user message ``neutral_prompt``.
+
 Ties go to the first choice. A choice with nothing to divide by (empty) never wins a
 normalised rule. With gold labels, each rule's accuracy comes with its standard error
 ``sqrt(acc (1 − acc) / (n − 1))`` (the sample standard error of the mean, as lm-eval reports).
@@ -42,6 +49,7 @@ class ChoiceFields:
     choices: str = "choices"
     gold: str = "gold"
     id: str = "id"
+    messages: str = "messages"
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,14 @@ class ChoiceRow:
     id: Any = None
     source: str | None = None
     line: int | None = None
+    messages: tuple[dict[str, Any], ...] | None = None   # a conversation's history
+
+    def example(self, choice: str) -> Example:
+        """The Example that scores ``choice`` after this row's context or history."""
+        if self.messages is None:
+            return Example(self.context, choice, source=self.source, line=self.line)
+        return Example("", "", source=self.source, line=self.line,
+                       messages=(*self.messages, {"role": "assistant", "content": choice}))
 
 
 @dataclass
@@ -119,10 +135,18 @@ def record_to_row(record: Mapping[str, Any], fields: ChoiceFields = ChoiceFields
     """Validate one record: a string context, a non-empty list of string choices, a gold
     index (int, or the text of one choice) or none."""
     where = dict(source=source, line=line)
+    history = None
+    if fields.context not in record and fields.messages in record:
+        from .data import messages_field
+
+        history = messages_field(record, fields.messages, needs_assistant=False, **where)
+        record = {**record, fields.context: ""}
     for name, flag in ((fields.context, "--context-field"), (fields.choices, "--choices-field")):
         if name not in record:
             present = ", ".join(record) or "none"
-            raise InputError(f'missing field "{name}" (fields present: {present}); pass '
+            also = (f' (or "{fields.messages}", a conversation)'
+                    if name == fields.context else "")
+            raise InputError(f'missing field "{name}"{also} (fields present: {present}); pass '
                              f"{flag} NAME", field=name, **where)
     context, choices = record[fields.context], record[fields.choices]
     if not isinstance(context, str):
@@ -146,7 +170,8 @@ def record_to_row(record: Mapping[str, Any], fields: ChoiceFields = ChoiceFields
         raise InputError(f'field "{fields.gold}" must be an index from 0 to {len(choices) - 1} '
                          f"(there are {len(choices)} choices), got {gold!r}",
                          field=fields.gold, **where)
-    return ChoiceRow(context, tuple(choices), gold, record.get(fields.id), source, line)
+    return ChoiceRow(context, tuple(choices), gold, record.get(fields.id), source, line,
+                     history)
 
 
 def read_choice_rows(path: str, fields: ChoiceFields = ChoiceFields(),
@@ -222,7 +247,10 @@ def _score_rows(scorer: Scorer, rows: Sequence[ChoiceRow]) -> list[list[Score]]:
     ``score_choices`` row by row gives the same numbers but one forward pass per row
     (about 14x slower on 200 rows x 4 choices with the tiny test model).
     """
-    flat = [Example(r.context, c, source=r.source, line=r.line) for r in rows for c in r.choices]
+    if any(r.messages is not None for r in rows) and scorer.options.turns != "last":
+        raise ConfigError("choose scores each candidate as the final assistant message; "
+                          "--turns all (turns='all') does not apply, leave it out")
+    flat = [r.example(c) for r in rows for c in r.choices]
     scores = scorer.score_many(flat)
     out, s = [], 0
     for r in rows:
@@ -232,20 +260,27 @@ def _score_rows(scorer: Scorer, rows: Sequence[ChoiceRow]) -> list[list[Score]]:
 
 
 def _neutral_scores(scorer: Scorer, rows: Sequence[ChoiceRow], neutral_prompt: str,
-                    by_text: dict[str, float] | None = None) -> list[list[float]]:
+                    by_text: dict[tuple[bool, str], float] | None = None) -> list[list[float]]:
     """log Pr(choice | neutral prompt), each distinct choice text scored once.
 
     The choice is scored as the same text as after the context: when the scorer moves the
     context's trailing whitespace into the response, the neutral response gets it too.
-    ``by_text`` carries the texts already scored (from earlier steps) and is updated.
+    A conversation's choice is the assistant's reply to one user message, ``neutral_prompt``.
+    ``by_text`` carries the (is conversation, text) pairs already scored and is updated.
     """
     by_text = {} if by_text is None else by_text
     move = scorer.options.whitespace == "move"
-    texts = [[move_whitespace(r.context, c)[1] if move else c for c in r.choices] for r in rows]
-    unique = sorted({t for ts in texts for t in ts} - set(by_text))
-    scores = scorer.score_many([Example(neutral_prompt, t, source="<neutral>") for t in unique])
-    by_text.update((t, s.logprob) for t, s in zip(unique, scores))
-    return [[by_text[t] for t in ts] for ts in texts]
+    keys = [[(True, c) if r.messages is not None else
+             (False, move_whitespace(r.context, c)[1] if move else c) for c in r.choices]
+            for r in rows]
+    unique = sorted({k for ks in keys for k in ks} - set(by_text))
+    user = {"role": "user", "content": neutral_prompt}
+    scores = scorer.score_many([
+        Example("", "", source="<neutral>", messages=(user, {"role": "assistant",
+                                                             "content": t}))
+        if chat else Example(neutral_prompt, t, source="<neutral>") for chat, t in unique])
+    by_text.update((k, s.logprob) for k, s in zip(unique, scores))
+    return [[by_text[k] for k in ks] for ks in keys]
 
 
 #: rows scored per step: the unit of ``progress`` (each step is planned on its own)
@@ -278,7 +313,7 @@ def choose(scorer: Scorer, rows: Iterable[Any], *, fields: ChoiceFields = Choice
         raise ConfigError("choose needs at least one row; the input is empty")
     scores: list[list[Score]] = []
     neutral: list[list[float]] | None = [] if mutual_info else None
-    seen: dict[str, float] = {}
+    seen: dict[tuple[bool, str], float] = {}
     for start in range(0, len(rows), STEP):
         step = rows[start:start + STEP]
         scores += _score_rows(scorer, step)

@@ -348,8 +348,13 @@ ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
 def messages_field(record: Mapping[str, Any], name: str, *, source: str | None = None,
-                   line: int | None = None) -> tuple[dict[str, Any], ...]:
-    """``record[name]`` as a conversation; an InputError says which message is wrong."""
+                   line: int | None = None, needs_assistant: bool = True
+                   ) -> tuple[dict[str, Any], ...]:
+    """``record[name]`` as a conversation; an InputError says which message is wrong.
+
+    ``needs_assistant=False``: a history without an assistant message is fine (``choose``
+    appends each candidate as the final assistant message).
+    """
     value = record[name]
     if isinstance(value, str):   # a CSV cell or a Parquet string column holding JSON
         try:
@@ -380,7 +385,7 @@ def messages_field(record: Mapping[str, Any], name: str, *, source: str | None =
                              f"{'null' if content is None else type(content).__name__}",
                              source=source, line=line, field=name)
         out.append(dict(msg))
-    if not any(m["role"] == "assistant" for m in out):
+    if needs_assistant and not any(m["role"] == "assistant" for m in out):
         raise InputError(f'field "{name}" has no assistant message to score (roles: '
                          f'{", ".join(m["role"] for m in out)})', source=source, line=line,
                          field=name)

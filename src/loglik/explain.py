@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .types import Score
+from .types import Example, Score
 
 if TYPE_CHECKING:
     from .scorer import Scorer
@@ -153,6 +154,7 @@ class Explanation:
     boundary: str
     num_bytes: int
     id: Any = None
+    messages: list[dict[str, Any]] | None = None   # a conversation explained instead of a pair
 
     @property
     def text(self) -> str:
@@ -164,6 +166,8 @@ class Explanation:
         out: dict[str, Any] = {}
         if self.id is not None:
             out["id"] = self.id
+        if self.messages is not None:
+            out["messages"] = self.messages
         out.update(prompt=self.prompt, response=self.response, logprob=self.logprob,
                    num_tokens=len(self.rows), num_bytes=self.num_bytes,
                    boundary=self.boundary, tokens=[r.to_dict() for r in self.rows])
@@ -191,12 +195,17 @@ def from_score(score: Score, tokenizer: Any = None, *, prompt: str | None = None
                        score.id)
 
 
-def explain(scorer: Scorer, prompt: str, response: str, *, top_k: int = 5) -> Explanation:
-    """Score one pair and lay out every term of its decomposition.
+def explain(scorer: Scorer, prompt: str | None = None, response: str | None = None, *,
+            messages: Sequence[Mapping[str, Any]] | None = None,
+            top_k: int = 5) -> Explanation:
+    """Score one pair (or one conversation) and lay out every term of its decomposition.
 
     Args:
         scorer: a :class:`loglik.Scorer`.
         prompt, response: the pair; log Pr(response | prompt) is explained.
+        messages: a conversation instead of a pair (OpenAI format): its scored assistant
+            turn is explained (the last one; every one with ``turns="all"``), content and
+            end-of-turn tokens, exactly what ``loglik score`` scores (:mod:`loglik.chat`).
         top_k: alternatives shown per position.
 
     Example:
@@ -204,5 +213,22 @@ def explain(scorer: Scorer, prompt: str, response: str, *, top_k: int = 5) -> Ex
         >>> e.rows[-1].cumulative == e.logprob                         # doctest: +SKIP
         True
     """
+    if messages is not None:
+        if prompt is not None or response is not None:
+            from .errors import ConfigError
+
+            raise ConfigError("explain takes a prompt and a response, or messages; not both")
+        from .data import messages_field
+
+        conv = messages_field({"messages": messages}, "messages", source="<messages>")
+        score = scorer.score_many([Example("", "", source="<messages>", messages=conv)],
+                                  rank=True, entropy=True, top_k=top_k)[0]
+        expl = from_score(score, scorer.tokenizer)
+        expl.messages = [dict(m) for m in conv]
+        return expl
+    if prompt is None or response is None:
+        from .errors import ConfigError
+
+        raise ConfigError("explain needs a prompt and a response (or messages)")
     score = scorer.score(prompt, response, rank=True, entropy=True, top_k=top_k)
     return from_score(score, scorer.tokenizer, prompt=prompt, response=response)

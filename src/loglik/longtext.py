@@ -32,6 +32,14 @@ if TYPE_CHECKING:
     from .metrics import CorpusStats
     from .scorer import Scorer
 
+#: why an encoder-decoder model does not score a lone text (``--text-field``, ``score_text``)
+TEXT_SEQ2SEQ = (
+    "an encoder-decoder model (T5, BART) gives the probability of a target given a source, "
+    "so a lone text has no log-probability of its own under it (and windows of decoder "
+    "context, as --text-field uses for long texts, are not what such a model reads). Score "
+    "prompt/response records instead: the source as the prompt, the text as the response; "
+    'for the text given an empty source, write {"prompt": "", "response": TEXT}')
+
 #: documents tokenized and planned together (the resume unit of ``loglik score --text-field``)
 DOCS_PER_CHUNK = 64
 
@@ -92,6 +100,8 @@ def iter_text_scores(scorer: Scorer, documents: Iterable[Any], *, stride: int | 
                      top_k: int = 0, docs_per_chunk: int = DOCS_PER_CHUNK) -> Iterator[Score]:
     """Stream one :class:`Score` per document (a string or an :class:`Example` whose
     ``response`` is the text), in order. ``Score.extra["num_windows"]`` counts the windows."""
+    if getattr(scorer.backend, "is_encoder_decoder", False):
+        raise ConfigError(TEXT_SEQ2SEQ)
     detail = Detail(rank=rank, entropy=entropy, top_k=top_k)
     limit = scorer.backend.max_length
     if max_length is not None:

@@ -109,13 +109,37 @@ def run_compare(models: Sequence[str], data: str, *, names: Sequence[str] | None
     return comparison
 
 
-def run_explain(prompt: str, response: str, *, model: str | None = None,
+def read_messages_arg(value: str) -> list[Any]:
+    """``--messages``: JSON text, or a file holding the messages (or a record with them)."""
+    from .errors import InputError
+
+    text, source = value, "--messages"
+    if not value.lstrip().startswith(("[", "{")):
+        try:
+            with open(value, encoding="utf-8") as handle:
+                text, source = handle.read(), value
+        except OSError as exc:
+            raise InputError(f"--messages is neither JSON nor a readable file: {exc.strerror}; "
+                             'pass \'[{"role": "user", "content": ...}, ...]\' or a .json file',
+                             source=value) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"the messages are not valid JSON ({exc.msg}, line {exc.lineno})",
+                         source=source, field="--messages") from None
+    if isinstance(data, dict) and "messages" in data:
+        data = data["messages"]
+    return data
+
+
+def run_explain(prompt: str | None, response: str | None, *, model: str | None = None,
+                messages: Sequence[Any] | None = None,
                 load: Mapping[str, Any] | None = None, top_k: int = 5,
                 html: str | None = None, color_by: str = "logprob", as_json: bool = False,
                 wide: bool = False, out: IO[str] | None = None) -> Explanation:
     """``loglik explain``: one pair's per-token table (or JSON object, or HTML report)."""
     scorer = Scorer.from_pretrained(model, **(load or {}))
-    expl = explain(scorer, prompt, response, top_k=top_k)
+    expl = explain(scorer, prompt, response, messages=messages, top_k=top_k)
     if html:
         from .render.html import explain_report, write
 

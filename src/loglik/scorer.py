@@ -263,9 +263,11 @@ class Scorer:
                                 for i, c in enumerate(choices)],
                                rank=rank, entropy=entropy, top_k=top_k)
 
-    def explain(self, prompt: str, response: str, *, top_k: int = 5) -> Any:
-        """The per-token decomposition of one pair (:class:`loglik.explain.Explanation`)."""
-        return explain_pair(self, prompt, response, top_k=top_k)
+    def explain(self, prompt: str | None = None, response: str | None = None, *,
+                messages: Sequence[Any] | None = None, top_k: int = 5) -> Any:
+        """The per-token decomposition of one pair, or of a conversation's scored assistant
+        turn (``messages``) (:class:`loglik.explain.Explanation`)."""
+        return explain_pair(self, prompt, response, messages=messages, top_k=top_k)
 
     def score_text(self, text: str, *, stride: int | None = None, max_length: int | None = None,
                    rank: bool = False, entropy: bool = False, top_k: int = 0) -> Score:

@@ -6,6 +6,13 @@ the decoder's target, tokenized alone without special tokens (``boundary="seq2se
 decoder reads it after its start token (:mod:`loglik.backends.seq2seq`). The target's EOS is
 scored only with ``score_eos``, as for causal models. The whitespace rule, special-token
 rule (``parse_special``) and token-id records work as in :mod:`loglik.tokenize`.
+
+Each side reads at most ``max_length`` tokens. A prompt longer than that is an error, or with
+``truncate="left"`` loses tokens from its left (a leading special token the tokenizer put
+there, BART's ``<s>``, stays first; T5's trailing ``</s>`` stays last), and
+``truncated_tokens`` says how many. A response longer than that is always an error: it is
+the decoder's target, every token of which is scored, and cutting or windowing it would
+change what is being scored (a decoder window would lose the start of its own target).
 """
 
 from __future__ import annotations
@@ -45,21 +52,41 @@ class Seq2SeqEncoder(Encoder):
         response_ids = list(response_ids)
         if self.options.score_eos:
             response_ids.append(self.tok.eos_token_id)
+        context, dropped = self._fit_encoder(ex, context)
         self._check_sides(ex, context, response_ids)
         return Encoded(tuple(context), tuple(response_ids), response, "seq2seq",  # type: ignore
-                       0, self.options.score_eos)
+                       dropped, self.options.score_eos)
 
     def _ids_seq2seq(self, ex: Example) -> Encoded:
         enc = self.encode_ids(ex)   # checks the ids; context as given
         return Encoded(tuple(ex.prompt_ids or ()) or enc.context_ids, enc.response_ids,
                        enc.response_text, "ids", 0, enc.eos_scored)
 
-    def _check_sides(self, ex: Example, context: list[int], response_ids: list[int]) -> None:
-        """Encoder and decoder each read at most ``max_length`` tokens (no truncation)."""
+    def _fit_encoder(self, ex: Example, context: list[int]) -> tuple[list[int], int]:
+        """With ``truncate="left"``, the encoder input cut to ``max_length`` from the left."""
         limit = self.max_length
-        for side, n, name in (("prompt", len(context), "prompt"),
-                              ("response", len(response_ids), "response")):
-            if limit is not None and n > limit:
-                raise ContextLengthError(f"the {side} needs {n} tokens but the model reads at "
-                                         f"most {limit} per side; shorten it",
-                                         source=ex.source, line=ex.line, field=name)
+        if limit is None or len(context) <= limit or self.options.truncate != "left":
+            return context, 0
+        specials = set(self.tok.hf.all_special_ids)   # type: ignore[attr-defined]
+        keep = 1 if context[0] in specials and limit > 1 else 0
+        dropped = len(context) - limit
+        return context[:keep] + context[keep + dropped:], dropped
+
+    def _check_sides(self, ex: Example, context: list[int], response_ids: list[int]) -> None:
+        """Encoder and decoder each read at most ``max_length`` tokens."""
+        limit = self.max_length
+        if limit is None:
+            return
+        if len(context) > limit:
+            raise ContextLengthError(f"the prompt needs {len(context)} tokens but the model's "
+                                     f"encoder reads at most {limit}; shorten it, or pass "
+                                     "--truncate left (truncate='left') to drop prompt tokens "
+                                     "from the left", source=ex.source, line=ex.line,
+                                     field="prompt")
+        if len(response_ids) > limit:
+            raise ContextLengthError(f"the response needs {len(response_ids)} tokens but the "
+                                     f"model's decoder reads at most {limit}; the response is "
+                                     "the scored target and is never truncated (--truncate "
+                                     "left cuts the prompt only): shorten it or split it into "
+                                     "several records", source=ex.source, line=ex.line,
+                                     field="response")

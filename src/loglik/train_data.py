@@ -5,6 +5,11 @@ Two kinds of input, both read with the scorer's readers and encoded by its
 
 * **prompt/response** (JSONL, CSV, Parquet with ``prompt``/``response`` fields, as for
   ``loglik score``): only response tokens are trained on.
+* **conversations** (records with ``messages``, as for ``loglik score``): only assistant
+  turns are trained on, each turn a row of its own with the chat template's rendering of
+  the conversation before it as context; the loss mask covers exactly the span ``loglik
+  score`` scores (content and end-of-turn tokens, unless ``end_of_turn=False``), so the
+  loss is minus the log-prob ``loglik score --turns all`` gives (:mod:`loglik.chat`).
 * **plain text** (pre-training; every token a response token): a ``.txt`` file whose
   documents are separated by blank lines, or any record file with a text field
   (``text_field="text"``, ``--text-field text``) holding one document per record. A document
@@ -56,16 +61,21 @@ def load_examples(path: str, encoder: Encoder, *, text_field: str | None = None,
 
 
 def _encode_all(examples: Iterator[Example], encoder: Encoder) -> list[Encoded]:
+    """Encode in windows; a conversation scored turn by turn gives one record per turn."""
     out: list[Encoded] = []
     window: list[Example] = []
     for ex in examples:
         window.append(ex)
         if len(window) == WINDOW:
-            out += encoder.encode_many(window)
+            out += _turns(encoder.encode_many(window))
             window = []
     if window:
-        out += encoder.encode_many(window)
+        out += _turns(encoder.encode_many(window))
     return out
+
+
+def _turns(encoded: list[Encoded]) -> list[Encoded]:
+    return [p for e in encoded for p in (e.parts or (e,))]
 
 
 def iter_documents(path: str, *, text_field: str | None = None, fmt: str | None = None

@@ -107,6 +107,7 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
           tokenizer: Any = None, text_field: str | None = None, block_size: int | None = None,
           fields: Fields = Fields(), format: str | None = None, bos: str = "auto",
           score_eos: bool = False, whitespace: str = "move", truncate: str = "error",
+          turns: str = "all", end_of_turn: bool = True, chat_template: str | None = None,
           resume: bool = False, device: str = "cpu", threads: int | None = None,
           trust_remote_code: bool = False, allow_pickle: bool = False,
           revision: str | None = None, progress: bool | None = None, quiet: bool = False,
@@ -126,6 +127,10 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
         eval_data: held-out data of the same kind, scored after every epoch.
         tokenizer: a tokenizer folder/id or object (required with a config or model object).
         bos, score_eos, whitespace, truncate: the scorer's encoding rules.
+        turns, end_of_turn, chat_template: conversations (records with ``messages``): train
+            on every assistant turn (``"all"``, default) or the last one; the loss covers
+            each turn's content and end-of-turn tokens (only the content with
+            ``end_of_turn=False``), exactly what ``loglik score`` scores.
         resume: continue from the newest checkpoint in ``output_dir``.
         threads: ``torch.set_num_threads`` for the process (it stays set after the call).
         **options: the fields of :class:`TrainOptions` (epochs, lr, batch_tokens, ...).
@@ -183,7 +188,8 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     if procs.world > 1:         # same weights everywhere, a dropout stream per process
         torch.manual_seed(opts.seed + procs.rank)
     encode = EncodeOptions(bos=bos, score_eos=score_eos, whitespace=whitespace,
-                           truncate=truncate)
+                           truncate=truncate, turns=turns,  # type: ignore[arg-type]
+                           end_of_turn=end_of_turn, chat_template=chat_template)
     encoder = Encoder(tok, encode, max_length=context_length(lm.config))
     read = dict(text_field=text_field, fields=fields, fmt=format, block_size=block_size)
     train_set = _nonempty(load_examples(data, encoder, **read), data)

@@ -26,6 +26,7 @@ from ..backends.hf.adapter import cache_kwarg, out_cache
 from ..logprobs import predicting_positions, reference_logprobs
 from ..types import Detail, Encoded, Request
 from .result import CheckResult
+from .seq2seq_checks import encoder_decoder_model
 
 if TYPE_CHECKING:
     from ..scorer import Scorer
@@ -109,6 +110,8 @@ def check_kv_cache(scorer: Scorer, encoded: Sequence[Encoded], *,
                    max_tokens: int = 512) -> CheckResult:
     """Compares every position of each example (its first ``max_tokens`` tokens)."""
     model = hf_model(scorer)
+    if model is None and encoder_decoder_model(scorer.backend) is not None:
+        return _check_kv_cache_seq2seq(scorer, encoded, max_tokens=max_tokens)
     if model is None:
         return CheckResult("kv_cache", "skip", f"{type(scorer.backend).__name__} exposes no "
                            "model to decode step by step")
@@ -132,6 +135,33 @@ def check_kv_cache(scorer: Scorer, encoded: Sequence[Encoded], *,
     summary = (f"full forward vs KV-cache decoding over {len(encoded)} example(s): max "
                f"difference {worst_token:.3g} nats per token, {worst_seq:.3g} per sequence "
                f"(tolerance {tol:g})")
+    return CheckResult("kv_cache", "pass" if ok else "fail", summary,
+                       {"max_abs_diff_token": worst_token, "max_abs_diff_sequence": worst_seq,
+                        "tolerance": tol, "worst": where})
+
+
+def _check_kv_cache_seq2seq(scorer: Scorer, encoded: Sequence[Encoded], *,
+                            max_tokens: int) -> CheckResult:
+    """The decoder's full forward vs its KV-cache decoding (:mod:`.seq2seq_checks`)."""
+    from .seq2seq_checks import kv_cache_logprobs
+    from .seq2seq_checks import reference as seq2seq_reference
+
+    model, tol = encoder_decoder_model(scorer.backend), tolerance(scorer)
+    worst_token, worst_seq, where = 0.0, 0.0, None
+    for i, e in enumerate(encoded):
+        e = Encoded(e.context_ids, e.response_ids[:max_tokens], e.response_text, e.boundary)
+        if not e.response_ids:
+            continue
+        full, inc = seq2seq_reference(model, [e])[0], kv_cache_logprobs(model, e)
+        d_tok, d_seq = _max_diff(full, inc), _sum_diff(full, inc)
+        if d_tok > worst_token:
+            pos = max(range(len(full)), key=lambda t: abs(full[t] - inc[t]))
+            worst_token, where = d_tok, {"example": i, "position": pos}
+        worst_seq = max(worst_seq, d_seq)
+    ok = worst_seq <= tol and worst_token <= tol
+    summary = (f"decoder full forward vs KV-cache decoding (encoder-decoder) over "
+               f"{len(encoded)} example(s): max difference {worst_token:.3g} nats per token, "
+               f"{worst_seq:.3g} per sequence (tolerance {tol:g})")
     return CheckResult("kv_cache", "pass" if ok else "fail", summary,
                        {"max_abs_diff_token": worst_token, "max_abs_diff_sequence": worst_seq,
                         "tolerance": tol, "worst": where})
@@ -232,8 +262,13 @@ def check_invariance(scorer: Scorer, encoded: Sequence[Encoded]) -> CheckResult:
     variants: dict[str, list[list[float]] | dict[int, list[float]]] = {}
     unsupported: dict[str, str] = {}
     model = hf_model(scorer)
+    seq2seq = encoder_decoder_model(scorer.backend)
     if model is not None:
         variants["reference"] = reference(model, live)
+    elif seq2seq is not None:
+        from .seq2seq_checks import reference as seq2seq_reference
+
+        variants["reference"] = seq2seq_reference(seq2seq, live)
     variants["scorer_alone"] = alone
     variants["scorer_batched"] = [r.logprobs for r in scorer.backend.score(requests)]
     variants["scorer_batched_reversed"] = [
@@ -273,7 +308,7 @@ def check_invariance(scorer: Scorer, encoded: Sequence[Encoded]) -> CheckResult:
             worst[name] = {"example": at, "expected": math.fsum(base[at]),
                            "got": math.fsum(values[at])}
     failed = sorted(worst)
-    yardstick = "a full forward alone" if model is not None else "the scorer alone"
+    yardstick = ("a full forward alone" if "reference" in variants else "the scorer alone")
     if failed:
         summary = (f"{', '.join(failed)} disagree with {yardstick} by up to "
                    f"{max(diffs[n] for n in failed):.3g} nats per sequence (tolerance {tol:g})")
@@ -285,6 +320,10 @@ def check_invariance(scorer: Scorer, encoded: Sequence[Encoded]) -> CheckResult:
                                "worst": worst}
     if unsupported:
         details["unsupported"] = unsupported
+    if seq2seq is not None:
+        from .seq2seq_checks import SKIPPED
+
+        details["skipped"] = SKIPPED
     if "shared_context" in variants and not variants["shared_context"]:
         details["note"] = "no two examples share a context; shared_context had nothing to do"
     return CheckResult("invariance", "fail" if failed else "pass", summary, details)

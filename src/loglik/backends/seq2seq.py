@@ -24,8 +24,9 @@ from typing import Any
 import torch
 
 from ..errors import BackendError
-from ..logprobs import head_logprobs
+from ..logprobs import head_logprobs, tolerance
 from ..types import Detail, Request, TokenResult
+from .base import DISTRIBUTIONS
 
 
 def is_encoder_decoder(name: str, *, revision: str | None = None,
@@ -54,12 +55,18 @@ def load_seq2seq(name: str, *, dtype: Any = "float32", device: str = "cpu",
 class Seq2SeqBackend:
     """Backend over a ``transformers`` encoder-decoder model (plain padded batches).
 
+    Declares ``distributions`` (:class:`~loglik.backends.base.DistributionSource`: the
+    decoder's next-token distributions at target positions), so ``compare``'s KL / top-1
+    and ``--words``' word correction work as for causal models.
+
     Args:
         model: an ``AutoModelForSeq2SeqLM`` in eval mode.
         chunk_size: rows of the output head at once (default: about 64 MiB of fp32 logits).
         max_length: longest encoder or decoder input (default: the config's
             ``max_position_embeddings``; None for relative positions, as in T5).
     """
+
+    capabilities = frozenset({DISTRIBUTIONS})
 
     def __init__(self, model: Any, *, chunk_size: int | None = None,
                  max_length: int | None = None) -> None:
@@ -76,6 +83,9 @@ class Seq2SeqBackend:
             raise BackendError("the model's config has no decoder_start_token_id")
         self.pad_id = config.pad_token_id if config.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.tolerance = tolerance(self.dtype)   # per sequence, nats (the audit's yardstick)
+        self.is_encoder_decoder = True
         self.head_checked = self._check_head()
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -107,6 +117,50 @@ class Seq2SeqBackend:
             mine = self._head(self._decoder_states(ids, None, dec, None))           # (1, 2, V)
         return bool(torch.allclose(mine.float(), logits.float(), atol=1e-4, rtol=1e-4))
 
+    def _rows(self, requests: Sequence[Request]) -> torch.Tensor:
+        """Decoder states (N, H) predicting every target, request after request (or the
+        model's own logits (N, V) there when the head check failed); no grad."""
+        live = [r for r in requests if r.target_ids]
+        enc_len = max(len(r.context_ids) for r in live)
+        dec_len = max(len(r.target_ids) for r in live)
+        b = len(live)
+        input_ids = torch.full((b, enc_len), self.pad_id, dtype=torch.long)      # (B, S)
+        enc_mask = torch.zeros(b, enc_len, dtype=torch.long)                     # (B, S)
+        dec_in = torch.full((b, dec_len), self.pad_id, dtype=torch.long)         # (B, T)
+        dec_mask = torch.zeros(b, dec_len, dtype=torch.long)                     # (B, T)
+        for row, r in enumerate(live):
+            ctx, tgt = r.context_ids, r.target_ids
+            input_ids[row, :len(ctx)] = torch.tensor(ctx)
+            enc_mask[row, :len(ctx)] = 1
+            dec_in[row, :len(tgt)] = torch.tensor((self.start_id, *tgt[:-1]))
+            dec_mask[row, :len(tgt)] = 1
+        args = [t.to(self.device) for t in (input_ids, enc_mask, dec_in, dec_mask)]
+        keep = args[3].bool()                                                     # (B, T)
+        with torch.no_grad():
+            if self.head_checked:
+                return self._decoder_states(*args)[keep]                          # (N, H)
+            logits = self.model(input_ids=args[0], attention_mask=args[1],
+                                decoder_input_ids=args[2], decoder_attention_mask=args[3]
+                                ).logits                                          # (B, T, V)
+            return logits[keep]                                                   # (N, V)
+
+    def _row_head(self, rows: torch.Tensor) -> torch.Tensor:
+        """Logits (C, V) of a slice of :meth:`_rows`."""
+        return self._head(rows) if self.head_checked else rows
+
+    # -- DistributionSource ----------------------------------------------------------------
+    def prepare(self, requests: Sequence[Request]) -> torch.Tensor:
+        """(N, H) decoder states predicting every target, request after request."""
+        if not any(r.target_ids for r in requests):
+            return torch.zeros(0, 1)
+        return self._rows(requests)
+
+    def log_distributions(self, rows: torch.Tensor) -> torch.Tensor:
+        """(C, V) fp32 log-softmax of a slice of :meth:`prepare`'s rows."""
+        with torch.no_grad():
+            logits = self._row_head(rows).float()[:, :self.vocab_size]            # (C, V)
+            return torch.log_softmax(logits, dim=-1)                              # (C, V)
+
     def score(self, requests: Sequence[Request], detail: Detail = Detail()
               ) -> list[TokenResult]:
         """Per target token log-probs for each request, one padded forward per call."""
@@ -114,33 +168,12 @@ class Seq2SeqBackend:
         live = [i for i, r in enumerate(requests) if r.target_ids]
         if not live:
             return results
-        enc_len = max(len(requests[i].context_ids) for i in live)
-        dec_len = max(len(requests[i].target_ids) for i in live)
-        b = len(live)
-        input_ids = torch.full((b, enc_len), self.pad_id, dtype=torch.long)      # (B, S)
-        enc_mask = torch.zeros(b, enc_len, dtype=torch.long)                     # (B, S)
-        dec_in = torch.full((b, dec_len), self.pad_id, dtype=torch.long)         # (B, T)
-        dec_mask = torch.zeros(b, dec_len, dtype=torch.long)                     # (B, T)
-        for row, i in enumerate(live):
-            ctx, tgt = requests[i].context_ids, requests[i].target_ids
-            input_ids[row, :len(ctx)] = torch.tensor(ctx)
-            enc_mask[row, :len(ctx)] = 1
-            dec_in[row, :len(tgt)] = torch.tensor((self.start_id, *tgt[:-1]))
-            dec_mask[row, :len(tgt)] = 1
-        args = [t.to(self.device) for t in (input_ids, enc_mask, dec_in, dec_mask)]
-        keep = args[3].bool()                                                     # (B, T)
         targets = torch.tensor([t for i in live for t in requests[i].target_ids])  # (N,)
+        rows = self._rows(requests)                                               # (N, H)
         with torch.no_grad():
-            if self.head_checked:
-                hidden, head = self._decoder_states(*args)[keep], self._head       # (N, H)
-            else:   # the model's own (B, T, V) logits, rows at scored positions only
-                logits = self.model(input_ids=args[0], attention_mask=args[1],
-                                    decoder_input_ids=args[2],
-                                    decoder_attention_mask=args[3]).logits
-                hidden, head = logits[keep], (lambda x: x)                        # (N, V)
-            res = head_logprobs(hidden, targets, head, vocab_size=self.vocab_size,
-                                chunk_size=self.chunk_size, rank=detail.rank,
-                                entropy=detail.entropy, top_k=detail.top_k)
+            res = head_logprobs(rows, targets.to(rows.device), self._row_head,
+                                vocab_size=self.vocab_size, chunk_size=self.chunk_size,
+                                rank=detail.rank, entropy=detail.entropy, top_k=detail.top_k)
         start = 0
         for i in live:
             n = len(requests[i].target_ids)

@@ -1,6 +1,6 @@
 """``loglik choose DATA``: multiple choice, the pick under each rule, accuracies with gold.
 
-Reads rows with a context, a list of choices and optionally the gold index (JSONL or
+Reads rows with a context (or a conversation's ``messages``), a list of choices and optionally the gold index (JSONL or
 Parquet). ``-o FILE`` writes one JSON line per row (choice log-probs, counts, picks,
 correctness); the terminal gets the accuracy table (``--json``: one JSON object with the
 accuracies and, without ``-o``, the rows).
@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gold-field", default="gold",
                    help="field holding the gold index (or the gold choice's text)")
     p.add_argument("--id-field", default="id", help="field carried through as the row id")
+    p.add_argument("--messages-field", default="messages",
+                   help="field holding a conversation's history (OpenAI messages) instead of a "
+                   "context: each choice is a candidate final assistant message")
     p.add_argument("--format", choices=("jsonl", "parquet"), default=None,
                    help="input format (default: from the file name; '-' is JSONL)")
     add_model_options(p)
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     results = choose_file(args.data, args.output,
                           fields=ChoiceFields(context=args.context_field,
                                               choices=args.choices_field,
-                                              gold=args.gold_field, id=args.id_field),
+                                              gold=args.gold_field, id=args.id_field,
+                                              messages=args.messages_field),
                           format=args.format, mutual_info=args.mutual_info,
                           neutral_prompt=args.neutral_prompt, scorer=args.model,
                           scorer_options=scorer_kwargs(args), progress=args.progress)

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from ..reports import run_compare
 
     choices = (ChoiceFields(context=args.context_field, choices=args.choices_field,
-                            gold=args.gold_field, id=args.id_field) if args.choices else None)
+                            gold=args.gold_field, id=args.id_field,
+                            messages=args.messages_field) if args.choices else None)
     run_compare(args.model or [], args.data, names=args.name, fields=fields_from_args(args),
                 fmt=args.format, load=scorer_kwargs(args), choices=choices,
                 confidence=args.confidence, num_bootstrap=args.num_bootstrap, seed=args.seed,

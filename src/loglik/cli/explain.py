@@ -15,8 +15,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Show each response token with its log-prob, probability, "
                        "running sum (the last row is log Pr(response | prompt)), rank, entropy "
                        "and the most probable alternatives.")
-    p.add_argument("prompt", metavar="PROMPT")
-    p.add_argument("response", metavar="RESPONSE")
+    p.add_argument("prompt", metavar="PROMPT", nargs="?", default=None)
+    p.add_argument("response", metavar="RESPONSE", nargs="?", default=None)
+    p.add_argument("--messages", default=None, metavar="JSON_OR_FILE",
+                   help="explain a conversation instead of PROMPT RESPONSE: OpenAI messages "
+                   "as JSON text, or a .json file holding them (or a record with "
+                   "'messages'); its scored assistant turn is explained, end-of-turn tokens "
+                   "included (see --turns, --no-end-of-turn, --chat-template)")
     p.add_argument("--top-k", type=int, default=5, help="alternatives per token (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     add_view_options(p)
@@ -30,9 +35,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..reports import run_explain
+    from ..reports import read_messages_arg, run_explain
 
-    run_explain(args.prompt, args.response, model=args.model, load=scorer_kwargs(args),
+    if (args.messages is None) == (args.prompt is None or args.response is None) \
+            or (args.messages is not None and args.prompt is not None):
+        from ..errors import ConfigError
+
+        raise ConfigError("explain takes PROMPT RESPONSE, or --messages JSON_OR_FILE (a "
+                          "conversation); give one of the two")
+    messages = read_messages_arg(args.messages) if args.messages is not None else None
+    run_explain(args.prompt, args.response, messages=messages, model=args.model, load=scorer_kwargs(args),
                 top_k=args.top_k, html=args.html, color_by=args.color_by, as_json=args.json,
                 wide=args.wide)
     return 0

@@ -93,6 +93,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="progress bar on stderr (default: when stderr is a terminal)")
     add_data_options(p)
     add_encode_options(p)
+    p.set_defaults(turns="all")   # conversations: train on every assistant turn
+    for action in p._actions:
+        if action.dest == "turns":
+            action.help = ("conversations (messages records): train on every assistant "
+                           "message (default) or the last one only")
     p.set_defaults(run=run)
 
 
@@ -120,12 +125,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(train, args: argparse.Namespace, fields):
+    from .common import read_chat_template
+
     return train(
         args.data, model=args.model, output_dir=args.output_dir, eval_data=args.eval_data,
         tokenizer=args.tokenizer, text_field=args.text_field, block_size=args.block_size,
         fields=fields, format=args.format, bos=args.bos,
         score_eos=args.score_eos, whitespace=args.whitespace, truncate=args.truncate,
-        resume=args.resume, device=args.device, threads=args.threads,
+        turns=args.turns, end_of_turn=args.end_of_turn,
+        chat_template=read_chat_template(args.chat_template), resume=args.resume, device=args.device, threads=args.threads,
         trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
         revision=args.revision, progress=args.progress, epochs=args.epochs, lr=args.lr,
         batch_tokens=args.batch_tokens, batch_size=args.batch_size, pack=args.pack,
