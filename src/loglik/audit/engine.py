@@ -173,8 +173,8 @@ class EngineAudit:
                                f"{len(self.seqs) - unsent} "
                                f"echoes wrong: {names}{sent}",
                                {"diagnoses": bad, "examples": worst, **how})
-        return CheckResult("alignment", "pass", f"all {len(self.seqs) - unsent} echoes carry the sent "
-                           f"tokens, each value on its own token{sent}",
+        return CheckResult("alignment", "pass", f"all {len(self.seqs) - unsent} echoes carry "
+                           f"the sent tokens, each value on its own token{sent}",
                            {"diagnoses": {}, **how})
 
     def _diagnose(self, seq: list[int], echo: Echo, i: int) -> str:
