@@ -153,3 +153,25 @@ def test_loglik_serve_process_openai_client_and_graceful_shutdown(tiny_model_dir
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_text_offsets_with_the_dummy_prefix_space(sp_tokenizer):
+    """llama-cpp-python counts offsets in " " + text (its first token is " The"): matched
+    after a shift of one; offsets that fit neither are refused."""
+    from loglik import BackendError
+    from loglik.backends.openai import ServerError, align_by_offsets, refuses_ids
+    from loglik.tokenize import as_text_tokenizer
+
+    tok = as_text_tokenizer(sp_tokenizer)
+    sent = [1] + sp_tokenizer("The dog sleeps.", add_special_tokens=False)["input_ids"]
+    pieces = [" The", " dog", " sle", "eps", "."]          # as llama-cpp-python echoes them
+    assert len(sent) == len(pieces) + 1
+    offsets = [0, 4, 8, 12, 15, 16]                        # + the generated token
+    choice = {"logprobs": {"tokens": pieces + ["x"], "text_offset": offsets,
+                           "token_logprobs": [None, -1.0, -2.0, -3.0, -4.0, -5.0]}}
+    assert align_by_offsets(tok, choice, sent, 3, 1) == [2, 3, 4]     # " sle", "eps", "."
+    choice["logprobs"]["tokens"][0] = "The"                # no leading space: no shift
+    with pytest.raises(BackendError, match="tokenized the text differently"):
+        align_by_offsets(tok, choice, sent, 3, 1)
+    assert refuses_ids(ServerError("HTTP 500: Input should be a valid string", 500))
+    assert refuses_ids(ServerError("bad", 422)) and not refuses_ids(ServerError("oops", 500))

@@ -287,3 +287,35 @@ def test_batcher_gives_each_job_its_own_results(llama_scorer):
         alone = llama_scorer.run_requests(job)
         assert max(abs(a - b) for a, b in zip(res[0].logprobs, alone[0].logprobs)) < 1e-5
     assert batcher.metrics.batch_requests.n >= 1
+
+
+def test_eos_generated_is_in_the_logprobs_not_the_text(tiny_llama, sp_tokenizer):
+    """A model whose greedy next token is always EOS: ``echo`` + ``max_tokens=1`` still returns
+    one entry past the prompt (lm-eval's local-completions drops the last entry as the
+    generated one), the text has no ``</s>``, and finish_reason is "stop"."""
+    import copy
+
+    import torch
+
+    from loglik import Scorer
+    from loglik.serve import BackgroundServer, create_app
+
+    model = copy.deepcopy(tiny_llama)
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[sp_tokenizer.eos_token_id] = 1e4
+    model.lm_head = head
+    ids = [1, 40, 50, 60]
+    with BackgroundServer(create_app(Scorer.from_hf(model, sp_tokenizer))) as srv:
+        code, body, _ = post(srv.url + "/v1/completions",
+                             {"prompt": ids, "echo": True, "max_tokens": 1, "logprobs": 1,
+                              "temperature": 0})
+    assert code == 200, body
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "stop" and "</s>" not in choice["text"]
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == len(ids) + 1 and lp["tokens"][-1] == "</s>"
+    assert lp["token_logprobs"][-1] > -1e-3            # the bias makes EOS certain
+    assert body["usage"]["completion_tokens"] == 1

@@ -3,12 +3,18 @@
 The engine (vLLM, SGLang, llama-cpp-python, TGI, ``loglik serve``: any OpenAI-compatible
 completions server) gets each example's tokens (context + response, as token ids) with
 ``echo`` and ``logprobs``; loglik computes the same tokens' log-probs with the reference
-weights. Checks, each PASS / FAIL with its numbers:
+weights. An engine that refuses token ids (llama-cpp-python) gets the decoded text instead,
+its tokens matched to ours by ``text_offset``
+(:func:`loglik.backends.openai.align_by_offsets`), one prompt per request when it refuses
+lists. Checks, each PASS / FAIL with its numbers:
 
 1. ``alignment`` — the echo has the tokens sent, and each value sits on its own token:
    diagnoses ``shifted`` (the value at a token's own position, the shift forgotten),
    ``first_token_dropped``, ``bos_doubled`` (a BOS added in front of the one sent),
-   ``count_mismatch``, ``ids_mismatch``;
+   ``count_mismatch``, ``ids_mismatch``, ``tokenization_differs`` (text sent: the engine's
+   tokens do not start where ours do), ``first_token_unscored`` (the engine conditions on a
+   BOS it does not echo and returns null for the first token's log-prob; the other values
+   are still checked);
 2. ``agreement`` — max and mean |engine - loglik| per token, against ``atol`` (the engine's
    dtype: 1e-4 in fp32, 5e-2 in 16-bit, :func:`loglik.logprobs.tolerance`);
 3. ``normalisation`` — the returned top-k probabilities sum to at most 1, and to the same mass
@@ -26,6 +32,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +54,7 @@ class Echo:
     ids: list[int | None]          # echoed ids (None where the engine sends text tokens)
     values: list[float | None]
     tops: list[dict[str, float] | None]
+    why: str | None = None         # text sent: why the engine's tokens could not be matched
 
 
 def _echo(choice: dict) -> Echo:
@@ -57,6 +65,27 @@ def _echo(choice: dict) -> Echo:
     values = [None if v is None else float(v) for v in lp.get("token_logprobs") or []]
     tops = list(lp.get("top_logprobs") or [None] * len(tokens))
     return Echo([parse_token_id(t) for t in tokens], values, tops)
+
+
+def _echo_text(tokenizer: Any, choice: dict, seq: list[int], skip: int) -> Echo:
+    """The answer to the text of ``seq[skip:]``, put on ``seq``'s positions by text offset."""
+    from ..backends.openai import align_by_offsets
+    from ..errors import BackendError
+
+    if tokenizer.encode_batch([tokenizer.decode(seq[skip:])])[0] != seq[skip:]:
+        # A split boundary: the text's own tokens are not these; as text they cannot be sent.
+        return Echo([], [], [], why="not_canonical")
+    try:
+        picks = align_by_offsets(tokenizer, choice, seq, skip, skip)
+    except BackendError:
+        return Echo([], [], [], why="tokenization_differs")
+    lp = choice.get("logprobs") or {}
+    values = [None if v is None else float(v) for v in lp.get("token_logprobs") or []]
+    tops = list(lp.get("top_logprobs") or [None] * len(values))
+    tail = range(picks[-1] + 1, len(values)) if picks else range(0)   # generated tokens
+    vals = [None] * skip + [values[j] for j in picks] + [values[j] for j in tail]
+    alts = [None] * skip + [tops[j] for j in picks] + [tops[j] for j in tail]
+    return Echo([None] * len(vals), vals, alts)
 
 
 def _max_diff(a: Sequence[float | None], b: Sequence[float | None]) -> float:
@@ -78,16 +107,46 @@ class EngineAudit:
                                       detail)
         self.ref = [r.logprobs for r in results]            # values of seq[1:]
         self.ref_top = [r.top for r in results]
+        self.sent_as = "ids"                                # "text" once the engine refuses ids
         self.main = self.ask(sequences)
         self.aligned: list[int] = []
 
     def ask(self, seqs: list[list[int]], **params: Any) -> list[Echo]:
+        """The engine's answers for ``seqs``; several at once arrive together (one request,
+        or concurrent requests to an engine that takes one prompt per request)."""
+        from ..backends.openai import ServerError, refuses_ids
+
+        if self.sent_as == "ids":
+            try:
+                out = self._ask(seqs, params)
+                self.backend.mode = "ids"        # known now: errors are retried from here on
+                return out
+            except ServerError as exc:
+                if not refuses_ids(exc):
+                    raise
+                self.sent_as = self.backend.mode = "text"
+        return self._ask(seqs, params)
+
+    def _ask(self, seqs: list[list[int]], params: dict[str, Any]) -> list[Echo]:
+        from ..backends.openai import text_of
+
+        tok = self.backend.tokenizer
+        texts = [text_of(tok, s) for s in seqs]
+        prompts = seqs if self.sent_as == "ids" else [t for t, _ in texts]
+
+        def one_call(part: list[Any]) -> list[dict]:
+            return self.backend.completion(part, logprobs=self.k, **params)
+
         n = self.backend.prompts_per_call
-        out: list[Echo] = []
-        for i in range(0, len(seqs), n):
-            out += [_echo(c) for c in self.backend.completion(seqs[i:i + n], logprobs=self.k,
-                                                              **params)]
-        return out
+        parts = [prompts[i:i + n] for i in range(0, len(prompts), n)]
+        if n == 1 and len(parts) > 1:
+            with ThreadPoolExecutor(len(parts)) as pool:
+                choices = [c for out in pool.map(one_call, parts) for c in out]
+        else:
+            choices = [c for part in parts for c in one_call(part)]
+        if self.sent_as == "ids":
+            return [_echo(c) for c in choices]
+        return [_echo_text(tok, c, s, skip) for c, s, (_, skip) in zip(choices, seqs, texts)]
 
     # -- 1. alignment ---------------------------------------------------------------------
     def alignment(self) -> CheckResult:
@@ -96,20 +155,31 @@ class EngineAudit:
         for i, (seq, echo) in enumerate(zip(self.seqs, self.main)):
             why = self._diagnose(seq, echo, i)
             found[why] = found.get(why, 0) + 1
-            if why == "ok":
+            if why in ("ok", "first_token_unscored"):
                 self.aligned.append(i)
-            elif why not in worst:
+            if why != "ok" and why not in worst:
                 worst[why] = {"example": i, "sent": len(seq), "echoed": len(echo.values)}
+        unsent = found.pop("not_canonical", 0)
+        worst.pop("not_canonical", None)
         bad = {k: v for k, v in found.items() if k != "ok"}
+        how = {"sent_as": self.sent_as, "prompts_per_request": self.backend.prompts_per_call,
+               "not_checked_split_boundary": unsent}
+        sent = (f" (sent as text: the engine refuses token ids; {unsent} example(s) with a "
+                "split boundary cannot be sent as text and are left out)"
+                if self.sent_as == "text" else "")
         if bad:
             names = ", ".join(f"{k} ({v})" for k, v in sorted(bad.items()))
-            return CheckResult("alignment", "fail", f"{sum(bad.values())} of {len(self.seqs)} "
-                               f"echoes misaligned: {names}", {"diagnoses": bad,
-                                                                "examples": worst})
-        return CheckResult("alignment", "pass", f"all {len(self.seqs)} echoes carry the sent "
-                           "tokens, each value on its own token", {"diagnoses": {}})
+            return CheckResult("alignment", "fail", f"{sum(bad.values())} of "
+                               f"{len(self.seqs) - unsent} "
+                               f"echoes wrong: {names}{sent}",
+                               {"diagnoses": bad, "examples": worst, **how})
+        return CheckResult("alignment", "pass", f"all {len(self.seqs) - unsent} echoes carry "
+                           f"the sent tokens, each value on its own token{sent}",
+                           {"diagnoses": {}, **how})
 
     def _diagnose(self, seq: list[int], echo: Echo, i: int) -> str:
+        if echo.why is not None:
+            return echo.why
         n, m, gen = len(seq), len(echo.values), self.backend.max_tokens
         if all(t is not None for t in echo.ids):      # the engine says which ids it echoed
             if echo.ids[:n] != seq:
@@ -121,14 +191,17 @@ class EngineAudit:
         elif not n <= m <= n + gen:
             return {n - 1: "first_token_dropped", n + 1 + gen: "bos_doubled"}.get(
                 m, "count_mismatch")
-        values = echo.values[1:n]
+        values, ref, cut = echo.values[1:n], self.ref[i], 0
+        if len(values) > 1 and values[0] is None and None not in values[1:]:
+            values, ref, cut = values[1:], ref[1:], 1   # first token unscored after a BOS
         if None in values:
             return "count_mismatch"                   # fewer values than tokens
-        if _max_diff(values, self.ref[i]) <= self.atol:
-            return "ok"
-        if _max_diff(values, self._unshifted(seq)) <= self.atol:
+        ok = "first_token_unscored" if cut else "ok"
+        if _max_diff(values, ref) <= self.atol:
+            return ok
+        if _max_diff(values, self._unshifted(seq)[cut:]) <= self.atol:
             return "shifted"
-        return "ok"   # aligned; the values themselves are judged by `agreement`
+        return ok   # aligned; the values themselves are judged by `agreement`
 
     def _unshifted(self, seq: list[int]) -> list[float]:
         """log softmax(logits at token t's own position)[token t]: the shift forgotten."""
@@ -138,7 +211,8 @@ class EngineAudit:
     # -- 2. agreement ---------------------------------------------------------------------
     def agreement(self) -> CheckResult:
         diffs = [abs(a - b) for i in self.aligned
-                 for a, b in zip(self.main[i].values[1:len(self.seqs[i])], self.ref[i])]
+                 for a, b in zip(self.main[i].values[1:len(self.seqs[i])], self.ref[i])
+                 if a is not None]
         if not diffs:
             return CheckResult("agreement", "skip", "no aligned echo to compare")
         worst = max(diffs)
@@ -153,11 +227,18 @@ class EngineAudit:
 
     # -- 3. normalisation -----------------------------------------------------------------
     def normalisation(self) -> CheckResult:
-        over, mass_diff, n, raised = -1.0, 0.0, 0, 0
+        from ..backends.openai import parse_token_id
+
+        over, mass_diff, n, raised, collided = -1.0, 0.0, 0, 0, 0
         for i in self.aligned:
             for j, top in enumerate(self.main[i].tops[1:len(self.seqs[i])]):
                 ref = self.ref_top[i][j] if self.ref_top[i] else None
                 if not top or not ref:
+                    continue
+                if any(parse_token_id(t) is None for t in top) and self._collide(ref):
+                    # Keyed by text, two top-k tokens of the same text (byte-fallback pieces
+                    # all read "") are one key: the engine cannot return both.
+                    collided += 1
                     continue
                 values = sorted(top.values(), reverse=True)[:self.k]
                 mass = sum(math.exp(v) for v in values)
@@ -168,12 +249,13 @@ class EngineAudit:
                 shifts = [v - lp for v, (_, lp) in zip(values, ref)]
                 raised += max(shifts) - min(shifts) <= self.atol and min(shifts) > self.atol
                 n += 1
-        if not n:
+        if not n and not collided:
             return CheckResult("normalisation", "skip", "the engine returned no top-k "
                                "alternatives (top_logprobs)")
         tol = max(10 * self.atol, 1e-4)
         details = {"positions": n, "top_k": self.k, "max_excess_mass": max(over, 0.0),
-                   "max_top_k_mass_diff": mass_diff, "positions_renormalised": raised}
+                   "max_top_k_mass_diff": mass_diff, "positions_renormalised": raised,
+                   "positions_keys_collide": collided}
         if over > tol:
             return CheckResult("normalisation", "fail", f"the returned top-{self.k} sums to "
                                f"{1 + over:.4f} > 1: not log-probabilities", details)
@@ -188,8 +270,19 @@ class EngineAudit:
             return CheckResult("normalisation", "fail", f"top_k_mass_differs: the top-{self.k} "
                                f"mass differs from the model's by up to {mass_diff:.3g}",
                                details)
+        if collided:
+            details["diagnosis"] = "top_k_keys_collide"
+            return CheckResult("normalisation", "fail", f"top_k_keys_collide: at {collided} of "
+                               f"{n + collided} positions two of the model's top-{self.k} tokens "
+                               "have the same text and the engine, keying alternatives by text, "
+                               "returns one of them; elsewhere the top-k mass is <= 1 and within "
+                               f"{mass_diff:.2g} of the model's", details)
         return CheckResult("normalisation", "pass", f"top-{self.k} mass <= 1 and within "
                            f"{mass_diff:.2g} of the model's at {n} positions", details)
+
+    def _collide(self, ref: Sequence[tuple[int, float]]) -> bool:
+        texts = [self.backend.tokenizer.decode([t]) for t, _ in ref]
+        return len(set(texts)) < len(texts)
 
     # -- 4. sampling ----------------------------------------------------------------------
     def sampling(self) -> CheckResult:
@@ -293,7 +386,7 @@ def audit_engine(url: str, scorer: Any, examples: Iterable[Any] | None = None, *
     items = list(to_examples(examples if examples is not None else DEFAULT_EXAMPLES, fields))
     encoded = scorer.encoder.encode_many(items[:max_examples])
     seqs = [list(e.context_ids) + list(e.response_ids) for e in encoded if e.response_ids]
-    backend = OpenAIBackend(url, scorer.tokenizer, model=model, api_key=api_key, mode="ids",
+    backend = OpenAIBackend(url, scorer.tokenizer, model=model, api_key=api_key, mode="auto",
                             timeout=timeout, max_tokens=1)
     try:
         run = EngineAudit(backend, scorer, seqs, atol=atol, top_k=top_k, repeats=repeats)

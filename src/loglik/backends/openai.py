@@ -67,10 +67,12 @@ class Client:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None, *,
+                retries: int | None = None) -> Any:
         url = f"{self.base}/{path.lstrip('/')}"
         data = None if body is None else json.dumps(body).encode()
-        for attempt in range(self.retries + 1):
+        retries = self.retries if retries is None else retries
+        for attempt in range(retries + 1):
             wait = self.backoff * 2 ** attempt * (1 + random.random() / 2)
             try:
                 req = urllib.request.Request(url, data=data, headers=self.headers, method=method)
@@ -78,17 +80,17 @@ class Client:
                     return json.loads(resp.read())
             except urllib.error.HTTPError as exc:
                 text = exc.read().decode("utf-8", "replace")
-                if exc.code in (429, 500, 502, 503, 504) and attempt < self.retries:
+                if exc.code in (429, 500, 502, 503, 504) and attempt < retries:
                     after = exc.headers.get("Retry-After", "")
                     time.sleep(float(after) if after.replace(".", "", 1).isdigit() else wait)
                     continue
                 raise ServerError(f"{method} {url}: HTTP {exc.code}: {_message(text)}",
                                   exc.code) from None
             except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                if attempt < self.retries:
+                if attempt < retries:
                     time.sleep(wait)
                     continue
-                raise ServerError(f"{method} {url}: no answer after {self.retries + 1} tries "
+                raise ServerError(f"{method} {url}: no answer after {retries + 1} tries "
                                   f"({exc}); is the server up? (--timeout, --concurrency)"
                                   ) from None
             except ValueError as exc:
@@ -102,6 +104,15 @@ def _message(text: str) -> str:
         return str(err.get("message", err) if isinstance(err, dict) else err)[:500]
     except (ValueError, AttributeError):
         return text[:500]
+
+
+def refuses_ids(exc: ServerError) -> bool:
+    """Whether an error answer means "this server takes text prompts only".
+
+    400/422 (vLLM-style validation), or llama-cpp-python 0.3's 500 whose message is its
+    pydantic error "Input should be a valid string" for a token-id prompt.
+    """
+    return exc.status in (400, 422) or (exc.status == 500 and "valid string" in str(exc))
 
 
 def parse_token_id(token: str) -> int | None:
@@ -186,9 +197,13 @@ class OpenAIBackend:
         mode = self.mode
         if mode in ("auto", "ids"):
             try:
-                return self._send(requests, detail, "ids")
+                out = self._send(requests, detail, "ids")
+                if mode == "auto":
+                    with self._lock:
+                        self.mode = "ids"    # it takes ids: stop asking
+                return out
             except ServerError as exc:
-                if mode == "ids" or exc.status not in (400, 422):
+                if mode == "ids" or not refuses_ids(exc):
                     raise
                 with self._lock:
                     self.mode = "text"   # this server takes text only; stop trying ids
@@ -196,11 +211,37 @@ class OpenAIBackend:
 
     def completion(self, prompts: list[Any], *, logprobs: int, max_tokens: int | None = None,
                    temperature: float = 0.0, echo: bool = True, **extra: Any) -> list[dict]:
-        """The raw ``choices`` of one completions call, in prompt order."""
+        """The raw ``choices`` of one completions call, in prompt order.
+
+        A server that refuses a list of prompts (llama-cpp-python 0.3 answers 500) gets them
+        one per call, from then on (``prompts_per_call`` becomes 1).
+        """
         body = {"model": self.model, "prompt": prompts, "echo": echo, "logprobs": logprobs,
                 "max_tokens": self.max_tokens if max_tokens is None else max_tokens,
                 "temperature": temperature, "return_tokens_as_token_ids": True, **extra}
-        answer = self.client.request("POST", "completions", body)
+        if len(prompts) > 1 and self.prompts_per_call > 1:
+            try:
+                # No retries: a server that cannot take lists fails the same way each time.
+                answer = self.client.request("POST", "completions", body, retries=0)
+            except ServerError as exc:
+                if exc.status is None or exc.status in (401, 403, 404):
+                    raise
+                out = [self.completion([p], logprobs=logprobs, max_tokens=max_tokens,
+                                       temperature=temperature, echo=echo, **extra)[0]
+                       for p in prompts]
+                with self._lock:
+                    self.prompts_per_call = 1   # it answers single prompts: keep to them
+                return [{**c, "index": i} for i, c in enumerate(out)]
+            return self._choices(answer, prompts)
+        if len(prompts) == 1:
+            body["prompt"] = prompts[0]     # one prompt: the flat form every server reads
+        # While "auto" has not learnt whether ids are taken, a refusal is not retried.
+        answer = self.client.request("POST", "completions", body,
+                                     retries=0 if self.mode == "auto" else None)
+        return self._choices(answer, prompts)
+
+    @staticmethod
+    def _choices(answer: Any, prompts: list[Any]) -> list[dict]:
         choices = answer.get("choices") if isinstance(answer, dict) else None
         if not isinstance(choices, list) or len(choices) != len(prompts):
             raise BackendError(f"the server answered {len(choices or [])} choices for "
@@ -241,34 +282,18 @@ class OpenAIBackend:
         return list(range(n_context, n))
 
     def _text_of(self, ids: list[int]) -> tuple[str, int]:
-        """The text to send and how many leading ids (a BOS) the text leaves out."""
-        bos = self.tokenizer.bos_token_id
-        skip = 1 if ids and bos is not None and ids[0] == bos else 0
-        return self.tokenizer.decode(ids[skip:]), skip
+        return text_of(self.tokenizer, ids)
 
     def _align_text(self, choice: dict, sent: list[int], n_context: int, skip: int
                     ) -> list[int]:
         """Indices into the server's tokens of our target tokens, matched by text offset."""
-        end = len(self.tokenizer.decode(sent[skip:]))
-        ours, last = [], 0
-        for i in range(n_context, len(sent)):   # clipped and monotone, as servers report them
-            last = max(last, min(len(self.tokenizer.decode(sent[skip:i])), end))
-            ours.append(last)
-        lp = choice.get("logprobs") or {}
-        offsets = lp.get("text_offset") or []
-        values = lp.get("token_logprobs") or []
-        picks = [j for j, off in enumerate(offsets) if ours[0] <= off < end]
-        if (len(picks) == len(ours) + 1 and offsets[picks[0]] == ours[0]
-                and values[picks[0]] is None):
-            picks = picks[1:]            # the server's own BOS, at the same offset
-        inside = [offsets[j] for j in picks]
-        if inside != ours:
-            raise BackendError(f"the server tokenized the text differently: our target tokens "
-                               f"start at characters {ours}, its tokens at {inside}; "
-                               "use a server that takes token ids, or the model's own tokenizer")
-        if any(j >= len(values) or values[j] is None for j in picks):
+        picks = align_by_offsets(self.tokenizer, choice, sent, n_context, skip)
+        values = (choice.get("logprobs") or {}).get("token_logprobs") or []
+        if any(values[j] is None for j in picks):
             raise BackendError("the server gave no log-prob for the first target token "
-                               "(nothing before it: give a context, or a server that adds BOS)")
+                               "(llama-cpp-python returns null for the first token of a text "
+                               "prompt even after its BOS: give the pair a prompt, or use a "
+                               "server that takes token ids)")
         return picks
 
     def _result(self, choice: dict, picks: list[int], detail: Detail) -> TokenResult:
@@ -293,6 +318,56 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+def text_of(tokenizer: Any, ids: list[int]) -> tuple[str, int]:
+    """The text to send for ``ids`` and how many leading ids (a BOS) the text leaves out."""
+    bos = tokenizer.bos_token_id
+    skip = 1 if ids and bos is not None and ids[0] == bos else 0
+    return tokenizer.decode(ids[skip:]), skip
+
+
+def align_by_offsets(tokenizer: Any, choice: dict, sent: list[int], first: int, skip: int
+                     ) -> list[int]:
+    """Indices into a server's echoed tokens of ``sent[first:]``, matched by ``text_offset``.
+
+    The server tokenized ``decode(sent[skip:])`` itself; each of our tokens must start where
+    one of its tokens starts, with none in between, or :class:`BackendError`. A server whose
+    first token carries the SentencePiece dummy-prefix space (llama-cpp-python: ``" The"`` at
+    offset 0 of ``"The ..."``) counts its offsets in ``" " + text``; they are shifted back by
+    one when that is what its first token says.
+    """
+    end = len(tokenizer.decode(sent[skip:]))
+    ours, last = [], 0
+    for i in range(first, len(sent)):   # clipped and monotone, as servers report them
+        last = max(last, min(len(tokenizer.decode(sent[skip:i])), end))
+        ours.append(last)
+    lp = choice.get("logprobs") or {}
+    offsets = lp.get("text_offset") or []
+    values = lp.get("token_logprobs") or []
+    tokens = lp.get("tokens") or []
+    text = tokenizer.decode(sent[skip:])
+    shifts = [0]
+    if (tokens and isinstance(tokens[0], str) and tokens[0][:1].isspace()
+            and not text[:1].isspace()):
+        shifts.append(1)
+    inside: list[int] = []
+    for shift in shifts:
+        at = [max(0, off - shift) for off in offsets]
+        picks = [j for j, off in enumerate(at) if ours[0] <= off < end]
+        if (len(picks) == len(ours) + 1 and at[picks[0]] == ours[0]
+                and _is_null(values, picks[0])):
+            picks = picks[1:]            # the server's own BOS, at the same offset
+        inside = [at[j] for j in picks]
+        if inside == ours:
+            return picks
+    raise BackendError(f"the server tokenized the text differently: our target tokens "
+                       f"start at characters {ours}, its tokens at {inside}; "
+                       "use a server that takes token ids, or the model's own tokenizer")
+
+
+def _is_null(values: list[Any], j: int) -> bool:
+    return j < len(values) and values[j] is None
 
 
 def scorer_from_server(cls: Any, url: str, *, tokenizer: Any, model: str | None = None,

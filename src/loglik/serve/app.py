@@ -80,11 +80,14 @@ class Server:
             for i, p in enumerate(prompts):
                 new = await self.batcher.call(   # type: ignore[union-attr]
                     lambda ids=p.ids: generate(self.scorer.backend, ids, req, eos))
-                stopped = bool(new) and new[-1] == eos   # EOS ends it and is not returned
-                if stopped:
-                    new = new[:-1]
-                new, texts[i], hit = apply_stop(self.scorer.tokenizer, new, req.stop)
-                generated[i], reasons[i] = new, "stop" if (stopped or hit) else "length"
+                # EOS ends it: not in the text, but in the tokens and log-probs (as vLLM
+                # does), so an echo with max_tokens=1 always has one entry past the prompt
+                # (lm-eval's local-completions drops the last entry as the generated one).
+                stopped = bool(new) and new[-1] == eos
+                new, texts[i], hit = apply_stop(self.scorer.tokenizer,
+                                                new[:-1] if stopped else new, req.stop)
+                generated[i] = new + [eos] if stopped and not hit else new
+                reasons[i] = "stop" if (stopped or hit) else "length"
             self.metrics.generated(sum(map(len, generated)))
         full = [p.ids + g for p, g in zip(prompts, generated)]
         want = req.logprobs is not None or req.prompt_logprobs is not None

@@ -42,13 +42,16 @@ class _Job:
         return sum(len(r.context_ids) + len(r.target_ids) for r in self.requests or ())
 
     def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
-        def done() -> None:
-            if not self.future.done():   # the client may have gone away
-                if error is not None:
-                    self.future.set_exception(error)
-                else:
-                    self.future.set_result(value)
-        self.loop.call_soon_threadsafe(done)
+        """From the model thread: hand the answer to the event loop."""
+        self.loop.call_soon_threadsafe(self.deliver, value, error)
+
+    def deliver(self, value: Any = None, error: BaseException | None = None) -> None:
+        """On the event loop: set the future (unless the client has gone away)."""
+        if not self.future.done():
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(value)
 
 
 class Batcher:
@@ -159,8 +162,14 @@ class Batcher:
                 self._run_batch([job])
             return
         self.metrics.batch(len(requests), sum(len(r.target_ids) for r in requests))
-        start = 0
+        answers, start = [], 0
         for job in batch:
             n = len(job.requests)   # type: ignore[arg-type]
-            job.resolve(results[start:start + n])
+            answers.append((job, results[start:start + n]))
             start += n
+        # One wake-up of the event loop per batch, not one per job (each costs a write to
+        # its self-pipe and a GIL hand-over).
+        for loop in {job.loop for job in batch}:
+            mine = [(job, value) for job, value in answers if job.loop is loop]
+            loop.call_soon_threadsafe(lambda mine=mine: [job.deliver(value)
+                                                         for job, value in mine])
