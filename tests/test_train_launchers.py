@@ -139,21 +139,34 @@ def test_fsdp_choice(tiny_llama):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate not installed")
 def test_accelerate_launch_trains_as_one_process(tmp_path, tiny_model_dir):
-    """accelerate launch --num_processes 2 --cpu: the same weights as one process with
-    --grad-accum 2 (accelerate sets the torchrun environment; loglik joins its group)."""
+    """accelerate launch --multi_gpu --num_processes 2 on a CPU machine (gloo): the same
+    weights as one process with --grad-accum 2 (accelerate's torchrun sets the environment;
+    loglik joins its group). With --cpu, accelerate 1.x starts ONE process (its multi-CPU
+    path is mpirun with --mpirun_hostfile): this is checked too, so the README stays right."""
+    import socket
+
     data = _pairs(tmp_path / "train.jsonl", CAPITALS)
     _one_process(data, tiny_model_dir, tmp_path / "one")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_CONFIG_FILE": "/nonexistent"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "--main_process_port", "0", "-m", "loglik", "train", data, "--model",
-         tiny_model_dir, "-o", str(tmp_path / "acc"), *COMMON],
-        env=env, capture_output=True, text=True, timeout=300)
+        [*launch, "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port),
+         "-m", "loglik", "train", data, "--model", tiny_model_dir, "-o", str(tmp_path / "acc"),
+         *COMMON], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "x2 process(es)" in proc.stderr
     assert _log(tmp_path / "acc")[0]["processes"] == 2
     _same_weights(tmp_path / "acc", tmp_path / "one")
+
+    probe = tmp_path / "world.py"
+    probe.write_text("import os; print('WORLD', os.environ.get('WORLD_SIZE', '1'))\n")
+    cpu = subprocess.run([*launch, "--cpu", "--num_processes", "2", str(probe)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert cpu.returncode == 0 and cpu.stdout.split() == ["WORLD", "1"], cpu.stdout + cpu.stderr
 
 
 def test_resume_refuses_a_changed_sharding(tmp_path):

@@ -65,7 +65,11 @@ def use_fsdp(choice: bool | None, model: Any, device: str, world: int) -> bool:
 
 def shard(model: Any) -> Sharded:
     """Every transformer block an FSDP unit, the rest the root; gradients summed."""
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    try:
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+    except ImportError as exc:
+        raise ConfigError(f"--fsdp needs FSDP2 (torch >= 2.6; this is torch "
+                          f"{torch.__version__}): upgrade torch, or leave --fsdp out") from exc
 
     blocks = set(getattr(model, "_no_split_modules", None) or ())
     for module in model.modules():
