@@ -1,7 +1,7 @@
 """Held-out third-party pairs: signature -> docstring pairs of installed packages that the
 default model is never trained on, and the default model's matching on both held-out sets.
 
-    python scripts/thirdparty_pairs.py extract   # writes data/default_model/heldout_thirdparty_pairs.jsonl
+    python scripts/thirdparty_pairs.py extract   # data/default_model/heldout_thirdparty_pairs.jsonl
     python scripts/thirdparty_pairs.py measure   # matching of the shipped model, both sets (JSON)
 
 The pairs are extracted exactly as the stdlib's (``stdlib_corpus.extract_pairs``: prompt =

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,9 +33,9 @@ from typing import Any
 
 from .data import Fields
 from .errors import ConfigError, InputError, TrainingError
+from .train_checkpoint import (STATE_FILE, check_resume, check_sharding, check_steps,
+                               latest_checkpoint, open_log, read_log, save_checkpoint)
 from .train_fsdp import check_fsdp
-from .train_checkpoint import (STATE_FILE, check_resume, check_sharding, check_steps, latest_checkpoint,
-                               open_log, read_log, save_checkpoint)
 from .train_model import load_model
 from .types import Encoded
 
@@ -151,7 +152,7 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
                              plan_line, plan_record, row_length, steps_of)
     from .train_dist import (barrier, broadcast_weights, init_processes, rng_states, shutdown,
                              sum_floats, sum_gradients)
-    from .train_fsdp import (Sharded, full_state_dict, grad_norm, load_optimizer_state,
+    from .train_fsdp import (full_state_dict, grad_norm, load_optimizer_state,
                              micro_batches, optimizer_state, shard, use_fsdp)
     from .train_lora import add_lora, resume_lora, save_lora, trainable_model
     from .train_packing import collate_packed, packing_trains
@@ -323,11 +324,8 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
                     mine = [m for m in mine if m[1]]
                 for n, (indices, counts) in enumerate(mine):
                     examples = [train_set[i] for i in indices]
-                    batch = collate(examples)
-                    def nll(m: Any) -> Any:
-                        return response_nll(m, batch, reduction="token_mean",
-                                            num_items_in_batch=num_tokens)
-
+                    nll = partial(response_nll, batch=collate(examples), reduction="token_mean",
+                                  num_items_in_batch=num_tokens)
                     with autocast:   # FSDP: inside the root unit, which gathers its weights
                         loss, _ = root(nll) if root is not None else nll(lm)
                     if counts and not torch.isfinite(loss) and bad is None:
