@@ -309,6 +309,8 @@ def stage_eval(work: Path, args, model_dir: Path | None = None) -> dict:
         t = ev.matching(_scorer(trained, tok), _read_jsonl(thirdparty.PAIRS), seed=args.seed)
         t.pop("wins")
         out["matching_thirdparty"] = t
+        out["matching_thirdparty_same_package"] = thirdparty.same_package(
+            _scorer(trained, tok), _read_jsonl(thirdparty.PAIRS), seed=args.seed)
         out["thirdparty_packages"] = thirdparty.versions()
     out["eval_seconds"] = time.time() - t0
     out.update({k: v for k, v in base.items() if k != "seconds"})

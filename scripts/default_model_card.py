@@ -69,7 +69,9 @@ Third-party code it was never trained on ({names}; {t['pairs']} pairs in
 the stdlib corpus never reads `site-packages`): the same matching in
 **{100 * t['rate']:.1f}%** of pairs; mean gap {t['mean_gap_nats']:.2f} nats; docstring NLL
 per token {t['own_nll_token_mean']:.3f} after its own signature,
-{t['other_nll_token_mean']:.3f} after another.
+{t['other_nll_token_mean']:.3f} after another. With the other signature taken from the same
+package: {100 * ev['matching_thirdparty_same_package']['rate']:.1f}%.
+(`python scripts/thirdparty_pairs.py measure` prints these figures for the shipped model.)
 """
 
 

@@ -100,12 +100,16 @@ def measure(model: str | None = None, threads: int = 1) -> dict:
         m = ev.matching(scorer, _read(path), seed=SEED)
         m.pop("wins")
         out[name] = m
-    # stricter: the other signature from the same package (its style, its vocabulary)
-    rows = _read(PAIRS)
-    wins = [w for name in PACKAGES for w in ev.matching(
-        scorer, [r for r in rows if r["module"] == name], seed=SEED)["wins"]]
-    out["thirdparty_same_package"] = {"pairs": len(wins), "rate": sum(wins) / len(wins)}
+    out["thirdparty_same_package"] = same_package(scorer, _read(PAIRS), seed=SEED)
     return out
+
+
+def same_package(scorer, rows: list[dict], *, seed: int = SEED) -> dict:
+    """Stricter matching: the other signature comes from the same package (its style, its
+    vocabulary), same indentation as before."""
+    wins = [w for name in PACKAGES for w in ev.matching(
+        scorer, [r for r in rows if r["module"] == name], seed=seed)["wins"]]
+    return {"pairs": len(wins), "rate": sum(wins) / len(wins)}
 
 
 def _read(path: Path) -> list[dict]:

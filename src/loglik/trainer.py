@@ -189,6 +189,9 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     sharded = use_fsdp(False if opts.lora else opts.fsdp, net, device, procs.world)
     if state is not None:
         check_sharding(state, sharded, last)
+    if opts.fsdp and procs.world == 1:
+        say("note: --fsdp shards over the processes of torchrun / accelerate launch; this is "
+            "one process, trained unsharded")
     broadcast_weights(net, procs)
     if procs.world > 1:         # same weights everywhere, a dropout stream per process
         torch.manual_seed(opts.seed + procs.rank)
