@@ -157,6 +157,15 @@ def test_thirdparty_pairs_file_is_what_the_script_extracts():
     assert tp.extract() == rows
 
 
+def test_build_drops_train_pairs_equal_to_a_thirdparty_pair():
+    tp = _thirdparty()
+    stdlib_corpus, _ = _corpus()
+    row = json.loads(THIRDPARTY_PAIRS.read_text(encoding="utf-8").splitlines()[0])
+    same = stdlib_corpus.Pair("x.py:f", "x", row["prompt"], row["response"], "function", 4)
+    other = stdlib_corpus.Pair("x.py:g", "x", "def g():\n", '    """Other."""', "function", 4)
+    assert tp.excluded([same, other]) == ([other], 1)
+
+
 @pytest.mark.slow
 @needs_model
 def test_conditional_matching_on_the_thirdparty_pairs(scorer):
