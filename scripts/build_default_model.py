@@ -20,7 +20,9 @@ runs every stage in order (each can also be run alone, in this order):
     polish     phase 4: phase 3's data again, from phase 3's model, at a quarter of the
                learning rate -> WORK/run4
     eval       WORK/eval.json: held-out NLL and bits-per-byte (model, unigram, untrained),
-               conditional matching rate
+               conditional matching rate on the held-out stdlib pairs and on the held-out
+               third-party pairs (data/default_model/heldout_thirdparty_pairs.jsonl, from
+               scripts/thirdparty_pairs.py; those packages are never trained on)
     ship       copy the model to src/loglik/default_model/ and write its MODEL.md
 
 The corpus and split are described in scripts/stdlib_corpus.py, the figures in
@@ -44,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import default_model_eval as ev  # noqa: E402
 import stdlib_corpus as corpus  # noqa: E402
+import thirdparty_pairs as thirdparty  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT_PAIRS = ROOT / "data" / "default_model" / "heldout_pairs.jsonl"
@@ -126,6 +129,10 @@ def stage_data(work: Path, args) -> None:
     train, heldout = _split_files()
     t0 = time.time()
     train_pairs = [p for f in train for p in corpus.extract_pairs(f)]
+    # The third-party held-out packages (scripts/thirdparty_pairs.py) are never trained on:
+    # the stdlib corpus does not read site-packages, and a pair equal to one of theirs would
+    # be dropped here (none is; the count goes to data_stats.json).
+    train_pairs, dropped = thirdparty.excluded(train_pairs)
     heldout_pairs = [p for f in heldout for p in corpus.extract_pairs(f)]
     _write_jsonl(HELDOUT_PAIRS, (p.record() for p in heldout_pairs))
 
@@ -152,7 +159,8 @@ def stage_data(work: Path, args) -> None:
              "train_documents_used": len(chosen), "train_document_tokens_used": used,
              "train_pairs": len(pair_rows), "train_pair_tokens": pair_tokens,
              "heldout_pairs": len(heldout_pairs), "heldout_documents": len(held_docs),
-             "train_files": len(train), "heldout_files": len(heldout)}
+             "train_files": len(train), "heldout_files": len(heldout),
+             "train_pairs_dropped_as_thirdparty": dropped}
     (work / "data_stats.json").write_text(json.dumps(stats, indent=1))
     print(f"data in {time.time() - t0:.0f}s: {json.dumps(stats)}")
 
@@ -297,6 +305,13 @@ def stage_eval(work: Path, args, model_dir: Path | None = None) -> dict:
     m = ev.matching(_scorer(trained, tok), _read_jsonl(HELDOUT_PAIRS), seed=args.seed)
     m.pop("wins")
     out["matching"] = m
+    if thirdparty.PAIRS.exists():    # held-out third-party packages (never trained on)
+        t = ev.matching(_scorer(trained, tok), _read_jsonl(thirdparty.PAIRS), seed=args.seed)
+        t.pop("wins")
+        out["matching_thirdparty"] = t
+        out["matching_thirdparty_same_package"] = thirdparty.same_package(
+            _scorer(trained, tok), _read_jsonl(thirdparty.PAIRS), seed=args.seed)
+        out["thirdparty_packages"] = thirdparty.versions()
     out["eval_seconds"] = time.time() - t0
     out.update({k: v for k, v in base.items() if k != "seconds"})
     (work / "eval.json").write_text(json.dumps(out, indent=1))

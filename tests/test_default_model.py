@@ -123,6 +123,64 @@ def test_heldout_pairs_file():
         assert r["prompt"].endswith("\n") and r["response"].lstrip().startswith(('"', "'", "r", "u"))
 
 
+THIRDPARTY_PAIRS = ROOT / "data" / "default_model" / "heldout_thirdparty_pairs.jsonl"
+
+
+def _thirdparty():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import thirdparty_pairs
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return thirdparty_pairs
+
+
+def test_thirdparty_pairs_file_is_what_the_script_extracts():
+    """400 pairs, 100 per named package, none from the stdlib; re-extracted from the
+    installed packages it is the same file (where the installed versions are the recorded)."""
+    import importlib.metadata
+
+    tp = _thirdparty()
+    stdlib_corpus, _ = _corpus()
+    rows = [json.loads(x) for x in THIRDPARTY_PAIRS.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == tp.PER_PACKAGE * len(tp.PACKAGES)
+    assert {r["module"] for r in rows} == set(tp.PACKAGES)
+    stdlib = {f.module for f in stdlib_corpus.iter_source_files()}
+    assert not set(tp.PACKAGES) & stdlib          # never in the default model's corpus
+    recorded = {r["module"]: r["version"] for r in rows}
+    try:
+        installed = {n: importlib.metadata.version(d) for n, d in tp.PACKAGES.items()}
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("a held-out third-party package is not installed")
+    if installed != recorded:
+        pytest.skip(f"installed versions {installed} differ from the recorded {recorded}")
+    assert tp.extract() == rows
+
+
+def test_build_drops_train_pairs_equal_to_a_thirdparty_pair():
+    tp = _thirdparty()
+    stdlib_corpus, _ = _corpus()
+    row = json.loads(THIRDPARTY_PAIRS.read_text(encoding="utf-8").splitlines()[0])
+    same = stdlib_corpus.Pair("x.py:f", "x", row["prompt"], row["response"], "function", 4)
+    other = stdlib_corpus.Pair("x.py:g", "x", "def g():\n", '    """Other."""', "function", 4)
+    assert tp.excluded([same, other]) == ([other], 1)
+
+
+@pytest.mark.slow
+@needs_model
+def test_conditional_matching_on_the_thirdparty_pairs(scorer):
+    """The card's third-party figure reproduces (a model that ignores the signature: ~50%)."""
+    import re
+
+    _, ev = _corpus()
+    rows = [json.loads(x) for x in THIRDPARTY_PAIRS.read_text(encoding="utf-8").splitlines()]
+    result = ev.matching(scorer, rows, seed=0)
+    card = (DEFAULT_MODEL_DIR / "MODEL.md").read_text()
+    stated = float(re.search(r"the same matching in\s+\*\*([\d.]+)%\*\*", card).group(1))
+    assert abs(100 * result["rate"] - stated) < 0.5
+    assert result["rate"] > 0.6 and result["mean_gap_nats"] > 0
+
+
 @pytest.mark.slow
 @needs_model
 def test_conditional_matching_on_the_heldout_pairs(scorer):

@@ -23,24 +23,31 @@ STATE_FILE = "trainer_state.pt"
 def save_checkpoint(ckpt_dir: Path, model: Any, tokenizer: Any, *, step: int,
                     epochs_done: int, optimizer: Any, scheduler: Any, log: Any, options: Any,
                     total_steps: int, keep: int, plan_version: int, packed: bool = False,
-                    world_size: int = 1, rank_rng: list[Any] | None = None) -> Path:
-    """Write ``checkpoints/step-N`` (model, tokenizer, state) atomically; prune old ones."""
+                    world_size: int = 1, rank_rng: list[Any] | None = None,
+                    weights: dict[str, Any] | None = None, optimizer_state: Any = None,
+                    sharded: bool = False) -> Path:
+    """Write ``checkpoints/step-N`` (model, tokenizer, state) atomically; prune old ones.
+
+    ``weights`` / ``optimizer_state``: full state dicts gathered from FSDP shards (written
+    instead of the model's and optimiser's own, which hold one process's shard)."""
     import torch
 
     final = ckpt_dir / f"step-{step:08d}"
     tmp = ckpt_dir / f".tmp-step-{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=weights)
     tokenizer.save_pretrained(tmp)
     log.flush()
-    torch.save({"step": step, "epochs_done": epochs_done, "optimizer": optimizer.state_dict(),
+    optim = optimizer_state if optimizer_state is not None else optimizer.state_dict()
+    torch.save({"step": step, "epochs_done": epochs_done, "optimizer": optim,
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                 "rank_rng": rank_rng,
                 "cuda_rng": (torch.cuda.get_rng_state_all() if torch.cuda.is_available()
                              else None),
                 "log_lines": count_lines(log.name), "options": asdict(options),
                 "plan_version": plan_version, "packed": packed, "world_size": world_size,
+                "fsdp": sharded,
                 "total_steps": total_steps}, tmp / STATE_FILE)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -74,6 +81,17 @@ def check_resume(state: dict[str, Any], opts: Any, path: Path, *, world_size: in
     if what:
         raise TrainingError(f"cannot resume from {path}: the run differs ({what}); resume with "
                             "the same data and options, or start a new output folder")
+
+
+def check_sharding(state: dict[str, Any], sharded: bool, path: Path) -> None:
+    """Refuse to resume an FSDP run without FSDP or the other way round (the optimiser's
+    state is keyed by parameter name in one, by position in the other)."""
+    was = bool(state.get("fsdp", False))
+    if was != sharded:
+        how = "with --fsdp" if was else "with --no-fsdp"
+        raise TrainingError(f"cannot resume from {path}: it was trained "
+                            f"{'with' if was else 'without'} FSDP and this run is "
+                            f"{'with' if sharded else 'without'}; resume {how}")
 
 
 def check_steps(state: dict[str, Any], total_steps: int, path: Path) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,8 +33,9 @@ from typing import Any
 
 from .data import Fields
 from .errors import ConfigError, InputError, TrainingError
-from .train_checkpoint import (STATE_FILE, check_resume, check_steps, latest_checkpoint,
-                               open_log, read_log, save_checkpoint)
+from .train_checkpoint import (STATE_FILE, check_resume, check_sharding, check_steps,
+                               latest_checkpoint, open_log, read_log, save_checkpoint)
+from .train_fsdp import check_fsdp
 from .train_model import load_model
 from .types import Encoded
 
@@ -66,6 +68,7 @@ class TrainOptions:
     log_every: int = 10
     eval_every: int = 0           # also score the held-out data every N steps (0: per epoch)
     eval_train: bool = True       # score the training data after every epoch
+    fsdp: bool | None = None      # shard with FSDP2 under a launcher; None: when it must
 
     def __post_init__(self) -> None:
         rules = [("epochs", ">= 1", self.epochs >= 1), ("lr", "> 0", self.lr > 0),
@@ -87,6 +90,8 @@ class TrainOptions:
                 raise ConfigError(f"{name} ({flag}) must be {rule}, got {getattr(self, name)!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.lora and self.fsdp:
+            check_fsdp(self.lora)
         if not self.lora and (self.merge or self.lora_alpha is not None or self.lora_targets):
             raise ConfigError("--merge, --lora-alpha and --lora-targets go with --lora R "
                               "(the adapters' rank); add --lora 8, say, or leave them out")
@@ -152,6 +157,8 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
                              plan_line, plan_record, row_length, steps_of)
     from .train_dist import (barrier, broadcast_weights, init_processes, rng_states, shutdown,
                              sum_floats, sum_gradients)
+    from .train_fsdp import (full_state_dict, grad_norm, load_optimizer_state,
+                             micro_batches, optimizer_state, shard, use_fsdp)
     from .train_lora import add_lora, resume_lora, save_lora, trainable_model
     from .train_packing import collate_packed, packing_trains
 
@@ -184,6 +191,12 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
         net = resume_lora(net, last) if last is not None else add_lora(
             net, rank=opts.lora, alpha=opts.lora_alpha, targets=opts.lora_targets)
     lm = trainable_model(net)
+    sharded = use_fsdp(False if opts.lora else opts.fsdp, net, device, procs.world)
+    if state is not None:
+        check_sharding(state, sharded, last)
+    if opts.fsdp and procs.world == 1:
+        say("note: --fsdp shards over the processes of torchrun / accelerate launch; this is "
+            "one process, trained unsharded")
     broadcast_weights(net, procs)
     if procs.world > 1:         # same weights everywhere, a dropout stream per process
         torch.manual_seed(opts.seed + procs.rank)
@@ -194,7 +207,7 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
     read = dict(text_field=text_field, fields=fields, fmt=format, block_size=block_size)
     train_set = _nonempty(load_examples(data, encoder, **read), data)
     eval_set = (_nonempty(load_examples(eval_data, encoder, **read), eval_data)
-                if eval_data and procs.main else None)
+                if eval_data and (procs.main or sharded) else None)
 
     # -- the plan: micro-batches per optimiser step, every epoch --------------------------
     plan_version = state.get("plan_version", 1) if state is not None else PLAN_VERSION
@@ -220,7 +233,8 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
             say(f"warning: only {total_steps} optimiser steps in all, too few for the model to "
                 "learn much; pass a smaller --batch-size or --batch-tokens, or more --epochs")
 
-    # -- optimiser and schedule ---------------------------------------------------------
+    # -- optimiser and schedule (after sharding: AdamW keeps each process's shard) ---------
+    root = shard(net) if sharded else None
     params = [p for p in net.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -232,7 +246,10 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
 
     step, epochs_done, log_lines = 0, 0, 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if root is not None:
+            load_optimizer_state(root, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rank_rng = state.get("rank_rng")
         torch.set_rng_state(rank_rng[procs.rank] if rank_rng else state["rng"])
@@ -252,27 +269,38 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
             log.write(json.dumps(record) + "\n")
             log.flush()
 
+    def score(examples: list[Encoded]) -> dict[str, Any]:
+        if root is None:
+            return evaluate(lm, tok, examples, encode, opts.batch_tokens)
+        numbers = root(lambda m: evaluate(m, tok, examples, encode, opts.batch_tokens))
+        root.reshard()             # every process scored; the root's weights sharded again
+        return numbers
+
     def evaluate_and_log(epoch: int, rate: float) -> None:
-        if procs.main:
+        if procs.main or root is not None:
             record: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": step}
             if opts.eval_train:
-                record["train"] = evaluate(lm, tok, train_set, encode, opts.batch_tokens)
+                record["train"] = score(train_set)
             if eval_set is not None:
-                record["eval"] = evaluate(lm, tok, eval_set, encode, opts.batch_tokens)
+                record["eval"] = score(eval_set)
             record["tokens_per_s"] = rate
+        if procs.main:
             write(record)
             result.epochs.append(record)
             say(_epoch_line(record, opts.epochs))
         barrier(procs)
 
     def save(epochs_finished: int) -> None:
-        rngs = rng_states(procs)     # every process takes part in the gather
+        rngs = rng_states(procs)     # every process takes part in the gathers
+        weights = full_state_dict(net, procs.main) if root is not None else None
+        optim = optimizer_state(root, optimizer) if root is not None else None
         if procs.main:
             save_checkpoint(ckpt_dir, net, tok, step=step, epochs_done=epochs_finished,
                             optimizer=optimizer, scheduler=scheduler, log=log, options=opts,
                             total_steps=total_steps, keep=opts.keep_checkpoints,
                             plan_version=plan_version, packed=packed, world_size=procs.world,
-                            rank_rng=rngs)
+                            rank_rng=rngs, weights=weights, optimizer_state=optim,
+                            sharded=root is not None)
         barrier(procs)
 
     def collate(examples: list[Encoded]) -> dict[str, Any]:
@@ -300,31 +328,39 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
                 # the divisor: response tokens of the whole step, every process's share
                 num_tokens = sum(train_set[i].num_tokens for b in batches for i in b)
                 step_nll, step_tokens, bad = 0.0, 0, None
-                mine = batches[procs.rank::procs.world]            # data sharded by rank
-                for n, indices in enumerate(mine):
+                mine = micro_batches(batches, procs.rank, procs.world)  # data sharded by rank
+                if root is None:      # DDP-style: a process may sit a step's tail out
+                    mine = [m for m in mine if m[1]]
+                for n, (indices, counts) in enumerate(mine):
                     examples = [train_set[i] for i in indices]
-                    with autocast:
-                        loss, _ = response_nll(lm, collate(examples), reduction="token_mean",
-                                               num_items_in_batch=num_tokens)
-                    if not torch.isfinite(loss):
+                    nll = partial(response_nll, batch=collate(examples), reduction="token_mean",
+                                  num_items_in_batch=num_tokens)
+                    with autocast:   # FSDP: inside the root unit, which gathers its weights
+                        loss, _ = root(nll) if root is not None else nll(lm)
+                    if counts and not torch.isfinite(loss) and bad is None:
                         bad = _diverged(loss, step + 1, epoch + 1, n + 1, examples, ckpt_dir)
                         if procs.world == 1:
                             raise bad
-                        break
-                    loss.backward()
-                    step_nll += loss.item()
-                    step_tokens += sum(row_length(e) for e in examples)
+                        if root is None:
+                            break
+                    if root is not None:   # gradients reduce-scattered after the last one
+                        root.set_requires_gradient_sync(n == len(mine) - 1)
+                    (loss if counts else loss * 0.0).backward()   # FSDP: every process runs
+                    if counts:
+                        step_nll += loss.item()
+                        step_tokens += sum(row_length(e) for e in examples)
                 step_nll, step_tokens, failed = sum_floats(
                     [step_nll, step_tokens, float(bad is not None)], procs, device)
                 if failed:
                     raise bad or TrainingError(
                         f"another process's loss became nan or inf at step {step + 1} (epoch "
                         f"{epoch + 1}); stopped without saving; see rank 0's message")
-                sum_gradients(params, procs)
+                if root is None:
+                    sum_gradients(params, procs)
                 # The norm is computed even without clipping: an inf/nan gradient stops the run.
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, opts.clip or math.inf))
-                if not math.isfinite(grad_norm):
-                    raise _diverged(torch.tensor(grad_norm), step + 1, epoch + 1, len(batches),
+                norm = grad_norm(params, opts.clip)
+                if not math.isfinite(norm):
+                    raise _diverged(torch.tensor(norm), step + 1, epoch + 1, len(batches),
                                     [train_set[i] for b in batches for i in b], ckpt_dir,
                                     what="gradient norm")
                 optimizer.step()
@@ -337,14 +373,15 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
                 if step % opts.log_every == 0:
                     write({"kind": "step", "epoch": epoch + 1, "step": step,
                            "lr": scheduler.get_last_lr()[0], "nll_token_mean": step_nll,
-                           "grad_norm": grad_norm, "tokens_per_s": epoch_tokens / epoch_time})
+                           "grad_norm": norm, "tokens_per_s": epoch_tokens / epoch_time})
                 mid_epoch = step < epoch_starts[epoch + 1]
                 if eval_data and opts.eval_every and step % opts.eval_every == 0 and mid_epoch:
-                    if procs.main:
+                    if procs.main or root is not None:
                         record = {"kind": "eval", "epoch": epoch + 1, "step": step,
-                                  "eval": evaluate(lm, tok, eval_set, encode, opts.batch_tokens)}
-                        write(record)
+                                  "eval": score(eval_set)}
                         lm.train()
+                    if procs.main:
+                        write(record)
                         say(_epoch_line(record, opts.epochs))
                     barrier(procs)
                 if opts.save_every and step % opts.save_every == 0 and mid_epoch:
@@ -357,11 +394,12 @@ def train(data: str, *, model: Any, output_dir: str, eval_data: str | None = Non
 
     # -- the final model ----------------------------------------------------------------
     lm.eval()
+    weights = full_state_dict(net, procs.main) if root is not None else None
     if procs.main:
         if opts.lora:
             save_lora(net, tok, out, merge=opts.merge)
         else:
-            net.save_pretrained(out)
+            net.save_pretrained(out, state_dict=weights)
             tok.save_pretrained(out)
         log.close()
     barrier(procs)

@@ -80,6 +80,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "only)")
     p.add_argument("--eval-train", action=argparse.BooleanOptionalAction, default=True,
                    help="score the training data after every epoch (default: yes)")
+    p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=None,
+                   help="under torchrun / accelerate launch: shard weights, gradients and "
+                   "AdamW state over the processes with PyTorch FSDP2 (fully_shard, one unit "
+                   "per transformer block) instead of replicating the model on each; the "
+                   "weights and the loss are the same. Default: automatic, on with several "
+                   "CUDA processes when the training state (16 bytes a parameter) exceeds "
+                   "half of one GPU's memory, off on CPU and with --lora. Checkpoints hold "
+                   "full state dicts (written by rank 0); --resume needs the same choice")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in OUT_DIR")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda")
@@ -142,4 +150,4 @@ def _train(train, args: argparse.Namespace, fields):
         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, clip=args.clip,
         seed=args.seed, precision=args.precision, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
-        eval_every=args.eval_every, eval_train=args.eval_train)
+        eval_every=args.eval_every, eval_train=args.eval_train, fsdp=args.fsdp)
