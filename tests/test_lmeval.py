@@ -426,6 +426,25 @@ def test_compare_runs_errors_name_the_fix(tmp_path):
         compare_runs(str(tmp_path / "a"), str(tmp_path / "b"))
 
 
+def test_compare_lm_eval_samples_is_compare_runs(tmp_path, capsys):
+    from loglik.cli import main
+
+    rows = [{"doc_id": i, "metrics": ["acc"], "acc": v} for i, v in enumerate([1, 0, 1])]
+    _write_run(tmp_path / "a", "t", rows)
+    _write_run(tmp_path / "b", "t", [dict(r, acc=1) for r in rows])
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert main(["compare-runs", *runs, "--json", "--num-bootstrap", "500"]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert main(["compare", "--lm-eval-samples", *runs, "--json", "--num-bootstrap", "500",
+                 "--top", "3"]) == 0
+    assert json.loads(capsys.readouterr().out) == expected
+    assert expected["metrics"][0]["diff_mean"] == pytest.approx(-1 / 3)
+    assert main(["compare", "data.jsonl", "--lm-eval-samples", *runs]) == 2
+    assert "drop DATA" in capsys.readouterr().err
+    assert main(["compare"]) == 2
+    assert "--lm-eval-samples" in capsys.readouterr().err
+
+
 def test_eval_argv_passes_lm_eval_flags_through():
     from loglik.cli import build_parser
     from loglik.cli.eval import lm_eval_argv
