@@ -99,19 +99,29 @@ def worker(args: argparse.Namespace) -> None:
     tm = TaskManager(include_path=args.task)
     # As simple_evaluate(model=name, model_args=...) does, in two timed steps: the model's
     # construction (loading, loglik's self-checks) and the evaluation.
-    t = time.perf_counter()
+    t, c, load_avg = time.perf_counter(), _cpu(), os.getloadavg()[0]
     lm = get_model(name).create_from_arg_string(model_args, extra)
-    load = time.perf_counter() - t
+    load, load_cpu = time.perf_counter() - t, _cpu() - c
     res = lm_eval.simple_evaluate(model=lm, tasks=["mmlu_shaped"], task_manager=tm,
                                   log_samples=True)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, _cpu() - c
     samples = sorted(res["samples"]["mmlu_shaped"], key=lambda s: s["doc_id"])
-    out = {"run": args.worker, "seconds": seconds, "load_seconds": load,
+    out = {"run": args.worker, "seconds": seconds, "load_seconds": load, "cpu_seconds": cpu,
+           "load_cpu_seconds": load_cpu,
+           "load_average": (load_avg + os.getloadavg()[0]) / 2,
+           "batch_size": getattr(lm, "batch_size", None) if name != "loglik" else None,
            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
            "acc": res["results"]["mmlu_shaped"]["acc,none"],
            "acc_norm": res["results"]["mmlu_shaped"]["acc_norm,none"],
            "logprobs": [[float(lp) for lp, _ in s["filtered_resps"]] for s in samples]}
     Path(args.out).write_text(json.dumps(out))
+
+
+def _cpu() -> float:
+    """CPU seconds (user + system, all threads) of this process so far: on a shared machine
+    less noisy than wall time, which also counts the other processes' turns."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def main() -> None:
@@ -152,24 +162,35 @@ def main() -> None:
     ours = results.get("loglik")
     print(f"\nmmlu_shaped: {args.questions} questions x 4 choices, ~{args.context_tokens}-token "
           f"contexts, {MODEL}, {args.threads} threads, fp32")
+    print("  (wall seconds; cpu: CPU seconds of the process, all threads; eval: without the "
+          "model's construction)")
     print(f"  {'run':<8} {'seconds':>8} {'x hf-b8':>8} {'eval s':>7} {'x hf-b8':>8} "
+          f"{'cpu s':>7} {'x hf-b8':>8} {'eval cpu':>8} {'x hf-b8':>8} {'load':>5} "
           f"{'peak RSS':>9} {'acc':>6} {'max |diff| vs loglik':>21}")
+    ratio = lambda key: (f"{key(base) / key(r):.2f}x" if base else "-")  # noqa: E731
     for run, r in results.items():
-        speed = f"{base['seconds'] / r['seconds']:.2f}x" if base else "-"
+        speed = ratio(lambda x: x["seconds"])
         ev = r["seconds"] - r["load_seconds"]
-        ev_speed = (f"{(base['seconds'] - base['load_seconds']) / ev:.2f}x" if base else "-")
+        ev_speed = ratio(lambda x: x["seconds"] - x["load_seconds"])
+        ev_cpu = r["cpu_seconds"] - r["load_cpu_seconds"]
+        cpu_cols = (f"{r['cpu_seconds']:7.1f} {ratio(lambda x: x['cpu_seconds']):>8} "
+                    f"{ev_cpu:8.1f} "
+                    f"{ratio(lambda x: x['cpu_seconds'] - x['load_cpu_seconds']):>8} "
+                    f"{r['load_average']:5.1f}")
         diff = "-"
         if ours and run != "loglik":
             worst = max(abs(a - b) for la, lb in zip(ours["logprobs"], r["logprobs"])
                         for a, b in zip(la, lb))
             diff = f"{worst:.1e}"
-        print(f"  {run:<8} {r['seconds']:8.1f} {speed:>8} {ev:7.1f} {ev_speed:>8} "
+        print(f"  {run:<8} {r['seconds']:8.1f} {speed:>8} {ev:7.1f} {ev_speed:>8} {cpu_cols} "
               f"{r['peak_rss_gb']:8.2f}G "
-              f"{r['acc']:6.3f} {diff:>21}")
+              f"{r['acc']:6.3f} {diff:>21}"
+              + (f"  (batch {r['batch_size']})" if r.get("batch_size") else ""))
     if base and ours:
         print(f"  loglik vs hf-b8: {base['seconds'] / ours['seconds']:.2f}x faster, peak memory "
               f"{ours['peak_rss_gb'] / base['peak_rss_gb']:.2f} of hf-b8; same acc: "
-              f"{ours['acc'] == base['acc']}")
+              f"{ours['acc'] == base['acc']}, same acc_norm: "
+              f"{ours['acc_norm'] == base['acc_norm']}")
 
 
 if __name__ == "__main__":

@@ -357,6 +357,23 @@ def test_registered_next_to_lm_evals_own_models():
     assert get_model("hf").__name__ == "HFLM"
 
 
+@pytest.mark.slow
+def test_lm_eval_has_no_model_plugin_discovery():
+    """What the README says of ``lm_eval --model loglik``: lm-eval (0.4.13) finds models only
+    in its own MODEL_MAPPING and in what the process registered, never through installed
+    packages' entry points, so "loglik" exists only after ``import loglik.lmeval``. When a
+    later lm-eval discovers plugins, this fails: then declare the entry point it reads."""
+    look_up = ("from lm_eval.api.registry import get_model\n"
+               "try:\n    print(get_model('loglik').__module__)\n"
+               "except ValueError as exc:\n    print('missing:', str(exc)[:60])\n")
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    out = [subprocess.run([sys.executable, "-c", pre + look_up], capture_output=True,
+                          text=True, env=env, timeout=600, check=True).stdout.strip()
+           for pre in ("", "import loglik.lmeval\n")]
+    assert out == ["missing: Attempted to load model 'loglik', but no model for this name",
+                   "loglik.lmeval"]
+
+
 def test_chat_template_applies(tiny_model_dir, task_dir, tmp_path):
     """--apply_chat_template: the tokenizer's template turns the prompt into a conversation."""
     from transformers import AutoTokenizer
@@ -424,6 +441,25 @@ def test_compare_runs_errors_name_the_fix(tmp_path):
     _write_run(tmp_path / "b", "t", [dict(row, doc_hash="y")])
     with pytest.raises(ConfigError, match="different documents"):
         compare_runs(str(tmp_path / "a"), str(tmp_path / "b"))
+
+
+def test_compare_lm_eval_samples_is_compare_runs(tmp_path, capsys):
+    from loglik.cli import main
+
+    rows = [{"doc_id": i, "metrics": ["acc"], "acc": v} for i, v in enumerate([1, 0, 1])]
+    _write_run(tmp_path / "a", "t", rows)
+    _write_run(tmp_path / "b", "t", [dict(r, acc=1) for r in rows])
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert main(["compare-runs", *runs, "--json", "--num-bootstrap", "500"]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert main(["compare", "--lm-eval-samples", *runs, "--json", "--num-bootstrap", "500",
+                 "--top", "3"]) == 0
+    assert json.loads(capsys.readouterr().out) == expected
+    assert expected["metrics"][0]["diff_mean"] == pytest.approx(-1 / 3)
+    assert main(["compare", "data.jsonl", "--lm-eval-samples", *runs]) == 2
+    assert "drop DATA" in capsys.readouterr().err
+    assert main(["compare"]) == 2
+    assert "--lm-eval-samples" in capsys.readouterr().err
 
 
 def test_eval_argv_passes_lm_eval_flags_through():

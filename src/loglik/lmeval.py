@@ -1,8 +1,10 @@
 """lm-evaluation-harness on loglik: the model ``"loglik"`` for lm-eval 0.4.x.
 
 Importing this module registers :class:`LoglikLM` under the name ``"loglik"`` in lm-eval's
-model registry (lm-eval 0.4.13 has no plugin discovery, so ``lm_eval --model loglik`` needs
-the import: ``loglik eval`` does it, or ``python -c "import loglik.lmeval; ..."``)::
+model registry. lm-eval 0.4.13 has no plugin discovery (its names are its own
+``MODEL_MAPPING`` plus what the process registered; no entry points are read, and its CLI
+imports no user module), so a bare ``lm_eval --model loglik`` fails: ``loglik eval`` does
+the import and then runs lm-eval's CLI, or import this module before ``simple_evaluate``::
 
     import lm_eval, loglik.lmeval
     lm_eval.simple_evaluate(model="loglik", model_args="pretrained=PATH", tasks=[...])

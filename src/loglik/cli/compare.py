@@ -25,7 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "differences with bootstrap confidence intervals, win rates. With one --model it "
                        "is compared with the embedded default model; with none, that model's "
                        "own figures are printed.")
-    p.add_argument("data", metavar="DATA")
+    p.add_argument("data", metavar="DATA", nargs="?", default=None)
+    p.add_argument("--lm-eval-samples", nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
+                   help="instead of DATA and --model: compare two lm-eval --log_samples runs "
+                   "(the same as 'loglik compare-runs RUN_A RUN_B')")
     p.add_argument("--name", action="append", default=None,
                    help="display name of each --model, in order (default: the model paths)")
     p.add_argument("--confidence", type=float, default=0.95,
@@ -63,6 +66,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.lm_eval_samples:
+        return _lm_eval_samples(args)
+    if args.data is None:
+        from ..errors import ConfigError
+
+        raise ConfigError("loglik compare needs DATA (a file of prompt/response records), or "
+                          "--lm-eval-samples RUN_A RUN_B for two lm-eval runs")
     from ..choices import ChoiceFields
     from ..reports import run_compare
 
@@ -76,3 +86,16 @@ def run(args: argparse.Namespace) -> int:
                 plot_pair=args.plot_pair, plot_example=args.plot_example, html=args.html,
                 as_json=args.json, wide=args.wide, progress=args.progress)
     return 0
+
+
+def _lm_eval_samples(args: argparse.Namespace) -> int:
+    """``--lm-eval-samples RUN_A RUN_B``: ``loglik compare-runs`` under this command's name."""
+    from ..errors import ConfigError
+    from .compare_runs import run as compare_runs
+
+    if args.data is not None or args.model:
+        raise ConfigError("--lm-eval-samples compares two lm-eval runs already made: drop DATA "
+                          "and --model (or run 'loglik compare DATA --model ...' without it)")
+    args.run_a, args.run_b = args.lm_eval_samples
+    args.tasks = None
+    return compare_runs(args)
