@@ -34,6 +34,11 @@ PAIRS = [(p, r) for p, r in ADVERSARIAL if r.strip()] + [
     ("Question: what is the answer?\nAnswer:", " the answer is forty-two."),
     ("def add(a, b):\n", '    """Return the sum of a and b."""\n    return a + b'),
 ]
+# the boundary set: prompts, responses and their joins, and texts that start with spaces
+# (llama.cpp's dummy prefix would add a second "▁" before them; GGUFTokenizer does not)
+BOUNDARY_TEXTS = ([p for p, _ in ADVERSARIAL] + [r for _, r in ADVERSARIAL]
+                  + [p + r for p, r in ADVERSARIAL]
+                  + [" ", "  ", " hello", "  hello world", " \nx", "\t x", " 🍕", "   ."])
 # largest per-sequence |GGUF - HF float64 reference| seen, per file (printed with -s)
 SEEN: dict[str, float] = {}
 
@@ -76,14 +81,9 @@ def hf_reference(model, context_ids, response_ids):
 def test_same_token_ids_as_hf_tokenizer(name, models, gguf_scorers):
     hf = models[name][1]
     gguf = gguf_scorers[name].tokenizer
-    texts = ([p for p, _ in ADVERSARIAL] + [r for _, r in ADVERSARIAL]
-             + [p + r for p, r in ADVERSARIAL] + CORPUS.splitlines(True)[:16] + [CORPUS[:600]])
+    texts = BOUNDARY_TEXTS + CORPUS.splitlines(True)[:16] + [CORPUS[:600]]
     expected = hf(texts, add_special_tokens=False)["input_ids"]
     for text, ours, theirs in zip(texts, gguf.encode_batch(texts), expected):
-        if name == "llama" and text.startswith(" "):
-            # llama.cpp's SentencePiece tokenizer always adds its dummy-prefix space; this HF
-            # tokenizer (Metaspace, prepend_scheme="first") adds none before a leading space
-            theirs = hf(" " + text, add_special_tokens=False)["input_ids"]
         assert ours == theirs, (text, gguf.convert_ids_to_tokens(ours),
                                 hf.convert_ids_to_tokens(theirs))
     assert (gguf.bos_token_id, gguf.eos_token_id) == (hf.bos_token_id, hf.eos_token_id)
@@ -93,8 +93,38 @@ def test_same_token_ids_as_hf_tokenizer(name, models, gguf_scorers):
     assert gguf.convert_ids_to_tokens(ids) == hf.convert_ids_to_tokens(ids)
 
 
+@pytest.mark.parametrize("style", ["llama2", "metaspace_always"])
+def test_other_metaspace_tokenizers_give_hf_ids(style, tmp_path, torch_threads):
+    """Metaspace with split=False (Llama-2 as transformers converts it) and
+    prepend_scheme="always" (T5-like, no BOS): the same ids as HF on the boundary set."""
+    from loglik import testing
+
+    hf = getattr(testing, f"{style}_tokenizer")()
+    path = write_gguf(tiny_model("llama", len(hf)), hf, tmp_path / f"{style}.gguf")
+    gguf = Scorer.from_pretrained(str(path), threads=1).tokenizer
+    texts = BOUNDARY_TEXTS + CORPUS.splitlines(True)[:8]
+    expected = hf(texts, add_special_tokens=False)["input_ids"]
+    assert gguf.encode_batch(texts) == expected
+    assert (gguf.bos_token_id, gguf.eos_token_id) == (hf.bos_token_id, hf.eos_token_id)
+
+
+def test_dummy_prefix_always_is_llama_cpp_own(gguf_files, sp_tokenizer):
+    """dummy_prefix="always": llama.cpp's SentencePiece behaviour, one more "▁" before a
+    text that starts with a space (what the HF tokenizer gives for that text with a space
+    in front)."""
+    from loglik.backends.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend.from_file(gguf_files["llama", "f32"], threads=1,
+                                        dummy_prefix="always")
+    ids = backend.tokenizer.encode_batch([" hello", "hello"])
+    assert ids == sp_tokenizer(["  hello", "hello"], add_special_tokens=False)["input_ids"]
+    assert ids[0] != sp_tokenizer(" hello", add_special_tokens=False)["input_ids"]
+    backend.close()
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
-@pytest.mark.parametrize("prompt,response", ADVERSARIAL)
+@pytest.mark.parametrize("prompt,response", ADVERSARIAL + [(" leading", " space"),
+                                                           ("  two", "spaces")])
 def test_same_boundary_and_bos_decisions_as_hf(name, prompt, response, models, gguf_scorers):
     hf = Encoder(models[name][1]).encode(prompt, response)
     ours = Encoder(gguf_scorers[name].tokenizer).encode(prompt, response)

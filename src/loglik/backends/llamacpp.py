@@ -102,6 +102,9 @@ class LlamaCppBackend:
         flash_attn: llama.cpp's flash attention (off by default: on CPU it rounds through
             F16 and moves logits by ~1e-3).
         chunk_size: rows of logits reduced at once (default: ~64 MiB).
+        dummy_prefix: how a text that starts with a space is tokenized by a SentencePiece
+            vocabulary: ``"metaspace"`` (as Hugging Face tokenizers do, the default) or
+            ``"always"`` (as llama.cpp does); see :mod:`~loglik.backends.llamacpp_tokenizer`.
         name: the file or object this came from, for messages.
         owns_model: free the model in :meth:`close` (True when :meth:`from_file` loaded it).
     """
@@ -113,8 +116,8 @@ class LlamaCppBackend:
 
     def __init__(self, lib: Any, model: Any, *, owner: Any = None, max_length: int | None = None,
                  threads: int | None = None, kv_type: str = "f32", flash_attn: bool = False,
-                 chunk_size: int | None = None, name: str = "model",
-                 owns_model: bool = False) -> None:
+                 chunk_size: int | None = None, dummy_prefix: str = "metaspace",
+                 name: str = "model", owns_model: bool = False) -> None:
         if kv_type not in _KV_TYPES:
             raise ConfigError(f"kv_type must be one of {', '.join(_KV_TYPES)}, got {kv_type!r}")
         if threads is not None and threads < 1:
@@ -137,7 +140,12 @@ class LlamaCppBackend:
         kind = int(lib.llama_vocab_type(vocab))
         self.tokenizer = GGUFTokenizer(lib, vocab, owner=self, space_prefix=(
             kind == lib.LLAMA_VOCAB_TYPE_SPM and self._space_prefix()),
-            byte_level=kind == lib.LLAMA_VOCAB_TYPE_BPE)
+            byte_level=kind == lib.LLAMA_VOCAB_TYPE_BPE, dummy_prefix=dummy_prefix)
+        if self._meta("tokenizer.ggml.bos_token_id") is None and not self.tokenizer.adds_bos:
+            # llama.cpp's SentencePiece vocabulary defaults BOS to id 1 when the file names
+            # none; a tokenizer without BOS (T5-like) has none, and an empty prompt
+            # conditions on EOS as with the HF tokenizer
+            self.tokenizer.bos_token_id = None
         self.ctx = self._new_context(_KV_TYPES[kv_type], flash_attn)
 
     # -- construction ------------------------------------------------------------------------
@@ -172,11 +180,15 @@ class LlamaCppBackend:
         options.setdefault("threads", int(llama.context_params.n_threads_batch) or None)
         return cls(lib, llama.model, owner=llama, name=os.fspath(llama.model_path), **options)
 
+    def _meta(self, key: str) -> str | None:
+        """The file's metadata value under ``key`` as text, None when absent."""
+        buf = ctypes.create_string_buffer(64)
+        n = self.lib.llama_model_meta_val_str(self.llama_model, key.encode(), buf, 64)
+        return None if n < 0 else buf.value.decode("utf-8", errors="replace")
+
     def _space_prefix(self) -> bool:
-        buf = ctypes.create_string_buffer(16)
-        n = self.lib.llama_model_meta_val_str(self.llama_model, b"tokenizer.ggml.add_space_prefix",
-                                              buf, 16)
-        return n < 0 or buf.value.decode().lower() != "false"   # SentencePiece default: on
+        value = self._meta("tokenizer.ggml.add_space_prefix")
+        return value is None or value.lower() != "false"   # SentencePiece default: on
 
     def _new_context(self, kv_type: int, flash_attn: bool) -> Any:
         lib = self.lib
