@@ -316,3 +316,36 @@ def test_cli_commands_take_a_gguf_model(tmp_path, gguf_files, gguf_scorers, mode
     audit = capsys.readouterr().out       # 1e-6 (it should read backend.tolerance, 1e-4)
     assert "PASS  normalisation" in audit and "PASS  tokenizer" in audit
     assert "SKIP  kv_cache" in audit
+
+
+def test_compare_hf_folder_with_its_gguf_files(tmp_path, gguf_files, models, capsys):
+    """`loglik compare` of an HF folder and the GGUF files written from it: one tokenization
+    (token-level KL between the HF model and each file), F32 equal to float tolerance, Q8_0
+    close but not equal."""
+    from loglik.cli import main
+
+    hf_dir = tmp_path / "hf"
+    model, tok = models["llama"]
+    model.save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n"
+                             for p, r in PAIRS + [("  leading spaces", " here")]))
+    assert main(["compare", str(pairs), "--model", str(hf_dir), "--model",
+                 gguf_files["llama", "f32"], "--model", gguf_files["llama", "q8_0"],
+                 "--name", "hf", "--name", "f32", "--name", "q8_0", "--top", "1",
+                 "--threads", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {m["tokenizer_group"] for m in report["models"]} == {0}
+    pair = {(p["a"], p["b"]): p for p in report["pairs"]}
+    f32, q8 = pair["hf", "f32"], pair["hf", "q8_0"]
+    assert f32["basis"] == q8["basis"] == "tokens"
+    assert abs(f32["largest"][0]["diff"]) < 1e-3                 # per sequence, nats
+    assert f32["token_stats"]["kl_mean"] < 1e-6
+    assert f32["token_stats"]["same_top1_rate"] == 1.0
+    assert 0 < abs(q8["largest"][0]["diff"]) < 0.5
+    assert 1e-7 < q8["token_stats"]["kl_mean"] < 1e-2
+    assert q8["token_stats"]["num_tokens"] == f32["token_stats"]["num_tokens"] > len(PAIRS)
+    print(f"\nHF vs GGUF F32: max |diff| {abs(f32['largest'][0]['diff']):.2e} nats/sequence, "
+          f"KL mean {f32['token_stats']['kl_mean']:.2e}; Q8_0: max |diff| "
+          f"{abs(q8['largest'][0]['diff']):.3g}, KL mean {q8['token_stats']['kl_mean']:.2e}")
