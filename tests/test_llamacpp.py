@@ -8,6 +8,7 @@ the HF model's full forward with the log-softmax in float64 (reference_logprobs)
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import pytest
@@ -349,3 +350,37 @@ def test_compare_hf_folder_with_its_gguf_files(tmp_path, gguf_files, models, cap
     print(f"\nHF vs GGUF F32: max |diff| {abs(f32['largest'][0]['diff']):.2e} nats/sequence, "
           f"KL mean {f32['token_stats']['kl_mean']:.2e}; Q8_0: max |diff| "
           f"{abs(q8['largest'][0]['diff']):.3g}, KL mean {q8['token_stats']['kl_mean']:.2e}")
+
+
+def test_cli_gguf_errors_are_one_line(tmp_path, gguf_files, capsys, monkeypatch):
+    """Missing file (a bare name, not taken for a hub id), not GGUF, unknown architecture,
+    context overflow: `loglik score` exits 2 with one line naming the file and the fix."""
+    import gguf
+    import numpy as np
+
+    from loglik.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.gguf").write_text('{"not": "a model"}')
+    writer = gguf.GGUFWriter(str(tmp_path / "alien.gguf"), "alienformer")
+    writer.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "The capital of France is", "response": " Paris"})
+                     + "\n")
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "The quick brown fox. " * 80, "response": " x"})
+                    + "\n")
+    cases = [(pairs, "nope.gguf", "GGUF file 'nope.gguf' not found"),
+             (pairs, "bad.gguf", "not a GGUF file"),
+             (pairs, "alien.gguf", "unknown model architecture: 'alienformer'"),
+             (long, gguf_files["llama", "f32"], "line 1: example needs .* the model's context "
+              "is 256; pass truncate='left'")]
+    for data, model, message in cases:
+        assert main(["score", str(data), "--model", model, "-o", str(tmp_path / "o.jsonl"),
+                     "--threads", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and re.search(message, err), err
