@@ -173,11 +173,11 @@ def print_table(wname: str, fl: dict, runs: dict, gflops: float) -> None:
           f"{counted / limit_s:,.0f} tok/s")
     ref = runs.get("loglik", {}).get("logprobs")
     base = tok_per_s(runs.get("lm-eval b8", {}), counted)
-    print(f"  {'tool':<13} {'tok/s':>8} {'x lm-eval b8':>12} {'peak RSS':>9} {'of limit':>8} "
+    print(f"  {'tool':<16} {'tok/s':>8} {'x lm-eval b8':>12} {'peak RSS':>9} {'of limit':>8} "
           f"{'max |diff| vs loglik':>20}")
     for label, res in runs.items():
         if "error" in res:
-            print(f"  {label:<13} failed: {res['error'][:90]}")
+            print(f"  {label:<16} failed: {res['error'][:90]}")
             continue
         tps = tok_per_s(res, counted)
         ratio = f"{tps / base:.2f}x" if base else "-"
@@ -188,12 +188,12 @@ def print_table(wname: str, fl: dict, runs: dict, gflops: float) -> None:
             diff = f"{d:.2e}" + ("" if d <= AGREE_NATS or rounded else " DISAGREE")
         part = (f" ({res['records']} of {fl['requests']} requests)"
                 if res.get("records", fl["requests"]) < fl["requests"] else "")
-        print(f"  {label:<13} {tps:>8,.0f} {ratio:>12} {res['peak_rss_mb'] / 1024:>7.2f}GB "
+        print(f"  {label:<16} {tps:>8,.0f} {ratio:>12} {res['peak_rss_mb'] / 1024:>7.2f}GB "
               f"{tps / (counted / limit_s):>8.0%} {diff:>20}{part}")
         if label.startswith("loglik gguf"):
-            print(f"  {'':<13} speed: {gguf_ratios(label, res, runs, counted)}")
+            print(f"  {'':<16} speed: {gguf_ratios(label, res, runs, counted)}")
         if "padding_waste" in res:
-            print(f"  {'':<13} padding {res['padding_waste']:.1%}, context sharing saved "
+            print(f"  {'':<16} padding {res['padding_waste']:.1%}, context sharing saved "
                   f"{res['sharing_saved']:.1%} of the tokens")
 
 
