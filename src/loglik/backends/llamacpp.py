@@ -40,12 +40,13 @@ from ..logprobs import head_logprobs, split_head_output
 from ..types import Detail, Request, TokenResult
 from .base import DISTRIBUTIONS, PACKED_ROWS, SHARED_CONTEXT
 from .gguf_file import read_gguf_header
-from .llamacpp_batch import Layout, Unit, layout, split_units
+from .llamacpp_batch import Layout, Unit, layout, split_units, unit_tokens
 from .llamacpp_tokenizer import GGUFTokenizer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 4096   # KV cells are allocated up front: cap the model's trained context
+CALL_TOKENS = 512           # tokens per decode call unless a shared context needs more
 MAX_SEQUENCES = 256         # requests per decode call (llama.cpp's LLAMA_MAX_SEQ)
 _KV_TYPES = {"f32": 0, "f16": 1}   # ggml_type
 _INT32_P = ctypes.POINTER(ctypes.c_int32)
@@ -194,7 +195,7 @@ class LlamaCppBackend:
         lib = self.lib
         p = lib.llama_context_default_params()
         p.n_ctx = p.n_batch = self.max_length
-        p.n_ubatch = min(512, self.max_length)
+        p.n_ubatch = min(CALL_TOKENS, self.max_length)
         p.n_seq_max = self.max_sequences
         p.n_threads = p.n_threads_batch = self.threads
         p.type_k = p.type_v = kv_type
@@ -294,6 +295,11 @@ class LlamaCppBackend:
     def _decoded(self, units: list[Unit], batch_tokens: int | None):
         """Decode group after group; yield each group's layout while its logits are valid."""
         limit = min(max(batch_tokens or self.max_length, 1), self.max_length)
+        # Every token of a decode call attends to every KV cell the call has filled so far
+        # (one unified cache, other sequences masked): calls of many short sequences cost
+        # O(call tokens^2) in attention. Keep calls to one ubatch unless a unit needs more.
+        biggest = max((unit_tokens(u) for u in units), default=0)
+        limit = min(limit, max(CALL_TOKENS, biggest))
         for group in split_units(units, limit, self.max_sequences):
             lay = layout(group)
             self._clear_cache()
