@@ -47,10 +47,10 @@ AGREE_NATS = 1e-3   # per sequence, between tools (each does its own fp32 arithm
 
 
 def run_worker(tool: str, model: Path, workload: Path, opts: list[str], out: Path,
-               threads: int, timeout: float) -> dict:
+               threads: int, timeout: float, limit: int | None = None) -> dict:
     py = sys.executable if tool in LOCAL_TOOLS or not VENV_PY.exists() else str(VENV_PY)
     cmd = [py, str(HERE / "worker.py"), tool, str(model), str(workload), str(out),
-           "--threads", str(threads), *opts]
+           "--threads", str(threads), *opts, *(["--limit", str(limit)] if limit else [])]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -99,6 +99,10 @@ def main() -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the 128k-vocab memory table")
     p.add_argument("--bf16", action="store_true", help="also run loglik in bfloat16 (pairs)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per tool run")
+    p.add_argument("--echo-limit", default=None, metavar="N[,N...]",
+                   help="the echo rows score only the first N requests of each workload (one "
+                   "N, or one per workload in --workloads order): the echo path is ~50x "
+                   "slower; its tok/s counts the requests it scored")
     args = p.parse_args()
 
     cache = HERE / ".cache"
@@ -126,7 +130,10 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} CPUs, load {report['load_before']}, fp32 matmul "
           f"{report['gflops_start']:.0f} GFLOP/s with {args.threads} threads")
     runs: dict[str, dict[str, dict]] = {}
-    for wname in args.workloads.split(","):
+    wnames = args.workloads.split(",")
+    limits = [int(n) for n in args.echo_limit.split(",")] if args.echo_limit else [0]
+    echo_limit = dict(zip(wnames, limits if len(limits) > 1 else limits * len(wnames)))
+    for wname in wnames:
         path = workloads[wname]
         records = json.loads(path.read_text())
         fl = workload_flops(records, config)
@@ -136,7 +143,8 @@ def main() -> int:
         for label, tool, opts in [(k, *RUNS[k]) for k in labels] + extra:
             out = results_dir / f"{wname}-{label.replace(' ', '_')}.json"
             print(f"  {wname}: {label} ...", end="", flush=True)
-            res = run_worker(tool, model32, path, opts, out, args.threads, args.timeout)
+            res = run_worker(tool, model32, path, opts, out, args.threads, args.timeout,
+                             limit=echo_limit.get(wname) if tool == "echo" else None)
             runs[wname][label] = res
             print(f" {res.get('seconds', float('nan')):.1f}s" if "error" not in res
                   else f" failed: {res['error']}")
@@ -164,33 +172,45 @@ def print_table(wname: str, fl: dict, runs: dict, gflops: float) -> None:
           f"{fl['unique_tokens']:,} unique, {fl['scored_tokens']:,} scored; limit "
           f"{counted / limit_s:,.0f} tok/s")
     ref = runs.get("loglik", {}).get("logprobs")
-    base = runs.get("lm-eval b8", {}).get("seconds")
-    print(f"  {'tool':<13} {'tok/s':>8} {'x lm-eval b8':>12} {'peak RSS':>9} {'of limit':>8} "
+    base = tok_per_s(runs.get("lm-eval b8", {}), counted)
+    print(f"  {'tool':<16} {'tok/s':>8} {'x lm-eval b8':>12} {'peak RSS':>9} {'of limit':>8} "
           f"{'max |diff| vs loglik':>20}")
     for label, res in runs.items():
         if "error" in res:
-            print(f"  {label:<13} failed: {res['error'][:90]}")
+            print(f"  {label:<16} failed: {res['error'][:90]}")
             continue
-        tps = counted / res["seconds"]
-        ratio = f"{base / res['seconds']:.2f}x" if base else "-"
+        tps = tok_per_s(res, counted)
+        ratio = f"{tps / base:.2f}x" if base else "-"
         diff = "-"
         if ref is not None and label != "loglik":
             d = max(abs(a - b) for a, b in zip(ref, res["logprobs"]))
             rounded = "bf16" in label or "q8_0" in label   # weights rounded on purpose
             diff = f"{d:.2e}" + ("" if d <= AGREE_NATS or rounded else " DISAGREE")
-        print(f"  {label:<13} {tps:>8,.0f} {ratio:>12} {res['peak_rss_mb'] / 1024:>7.2f}GB "
-              f"{limit_s / res['seconds']:>8.0%} {diff:>20}")
+        part = (f" ({res['records']} of {fl['requests']} requests)"
+                if res.get("records", fl["requests"]) < fl["requests"] else "")
+        print(f"  {label:<16} {tps:>8,.0f} {ratio:>12} {res['peak_rss_mb'] / 1024:>7.2f}GB "
+              f"{tps / (counted / limit_s):>8.0%} {diff:>20}{part}")
         if label.startswith("loglik gguf"):
-            print(f"  {'':<13} speed: {gguf_ratios(label, res, runs)}")
+            print(f"  {'':<16} speed: {gguf_ratios(label, res, runs, counted)}")
         if "padding_waste" in res:
-            print(f"  {'':<13} padding {res['padding_waste']:.1%}, context sharing saved "
+            print(f"  {'':<16} padding {res['padding_waste']:.1%}, context sharing saved "
                   f"{res['sharing_saved']:.1%} of the tokens")
 
 
-def gguf_ratios(label: str, res: dict, runs: dict) -> str:
-    """A GGUF row's speed against the echo path on the same file and loglik's HF backend."""
+def tok_per_s(res: dict, counted: int) -> float | None:
+    """Tokens per second of a run: the tokens of the requests it scored (all of them unless
+    it ran with --limit) over its scoring time."""
+    if "seconds" not in res:
+        return None
+    return res.get("tokens", counted) / res["seconds"]
+
+
+def gguf_ratios(label: str, res: dict, runs: dict, counted: int) -> str:
+    """A GGUF row's speed (tok/s over tok/s) against the echo path on the same file and
+    loglik's HF backend."""
     dtype = label.rsplit(" ", 1)[-1]
-    parts = [f"{runs[other]['seconds'] / res['seconds']:.2f}x {other}"
+    mine = tok_per_s(res, counted)
+    parts = [f"{mine / tok_per_s(runs[other], counted):.2f}x {other}"
              for other in (f"echo {dtype}", "loglik") if "seconds" in runs.get(other, {})]
     return ", ".join(parts) or "-"
 

@@ -158,8 +158,12 @@ def main() -> int:
         records = json.load(f)[:args.limit]
     logprobs, seconds, info = TOOLS[args.tool](args.model, records, args)
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # prompt + response tokens of the records scored: tok/s of a --limit run compares with
+    # the full runs' (the echo path is too slow for the whole workload)
+    tokens = sum(len(r["context_ids"]) + len(r["response_ids"]) for r in records)
     with open(args.out, "w") as f:
         json.dump({"tool": args.tool, "seconds": seconds, "logprobs": logprobs,
+                   "records": len(records), "tokens": tokens,
                    "peak_rss_mb": rss_kb / 1024, **info}, f)
     return 0
 

@@ -8,6 +8,7 @@ the HF model's full forward with the log-softmax in float64 (reference_logprobs)
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import pytest
@@ -34,6 +35,11 @@ PAIRS = [(p, r) for p, r in ADVERSARIAL if r.strip()] + [
     ("Question: what is the answer?\nAnswer:", " the answer is forty-two."),
     ("def add(a, b):\n", '    """Return the sum of a and b."""\n    return a + b'),
 ]
+# the boundary set: prompts, responses and their joins, and texts that start with spaces
+# (llama.cpp's dummy prefix would add a second "▁" before them; GGUFTokenizer does not)
+BOUNDARY_TEXTS = ([p for p, _ in ADVERSARIAL] + [r for _, r in ADVERSARIAL]
+                  + [p + r for p, r in ADVERSARIAL]
+                  + [" ", "  ", " hello", "  hello world", " \nx", "\t x", " 🍕", "   ."])
 # largest per-sequence |GGUF - HF float64 reference| seen, per file (printed with -s)
 SEEN: dict[str, float] = {}
 
@@ -76,14 +82,9 @@ def hf_reference(model, context_ids, response_ids):
 def test_same_token_ids_as_hf_tokenizer(name, models, gguf_scorers):
     hf = models[name][1]
     gguf = gguf_scorers[name].tokenizer
-    texts = ([p for p, _ in ADVERSARIAL] + [r for _, r in ADVERSARIAL]
-             + [p + r for p, r in ADVERSARIAL] + CORPUS.splitlines(True)[:16] + [CORPUS[:600]])
+    texts = BOUNDARY_TEXTS + CORPUS.splitlines(True)[:16] + [CORPUS[:600]]
     expected = hf(texts, add_special_tokens=False)["input_ids"]
     for text, ours, theirs in zip(texts, gguf.encode_batch(texts), expected):
-        if name == "llama" and text.startswith(" "):
-            # llama.cpp's SentencePiece tokenizer always adds its dummy-prefix space; this HF
-            # tokenizer (Metaspace, prepend_scheme="first") adds none before a leading space
-            theirs = hf(" " + text, add_special_tokens=False)["input_ids"]
         assert ours == theirs, (text, gguf.convert_ids_to_tokens(ours),
                                 hf.convert_ids_to_tokens(theirs))
     assert (gguf.bos_token_id, gguf.eos_token_id) == (hf.bos_token_id, hf.eos_token_id)
@@ -93,8 +94,38 @@ def test_same_token_ids_as_hf_tokenizer(name, models, gguf_scorers):
     assert gguf.convert_ids_to_tokens(ids) == hf.convert_ids_to_tokens(ids)
 
 
+@pytest.mark.parametrize("style", ["llama2", "metaspace_always"])
+def test_other_metaspace_tokenizers_give_hf_ids(style, tmp_path, torch_threads):
+    """Metaspace with split=False (Llama-2 as transformers converts it) and
+    prepend_scheme="always" (T5-like, no BOS): the same ids as HF on the boundary set."""
+    from loglik import testing
+
+    hf = getattr(testing, f"{style}_tokenizer")()
+    path = write_gguf(tiny_model("llama", len(hf)), hf, tmp_path / f"{style}.gguf")
+    gguf = Scorer.from_pretrained(str(path), threads=1).tokenizer
+    texts = BOUNDARY_TEXTS + CORPUS.splitlines(True)[:8]
+    expected = hf(texts, add_special_tokens=False)["input_ids"]
+    assert gguf.encode_batch(texts) == expected
+    assert (gguf.bos_token_id, gguf.eos_token_id) == (hf.bos_token_id, hf.eos_token_id)
+
+
+def test_dummy_prefix_always_is_llama_cpp_own(gguf_files, sp_tokenizer):
+    """dummy_prefix="always": llama.cpp's SentencePiece behaviour, one more "▁" before a
+    text that starts with a space (what the HF tokenizer gives for that text with a space
+    in front)."""
+    from loglik.backends.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend.from_file(gguf_files["llama", "f32"], threads=1,
+                                        dummy_prefix="always")
+    ids = backend.tokenizer.encode_batch([" hello", "hello"])
+    assert ids == sp_tokenizer(["  hello", "hello"], add_special_tokens=False)["input_ids"]
+    assert ids[0] != sp_tokenizer(" hello", add_special_tokens=False)["input_ids"]
+    backend.close()
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
-@pytest.mark.parametrize("prompt,response", ADVERSARIAL)
+@pytest.mark.parametrize("prompt,response", ADVERSARIAL + [(" leading", " space"),
+                                                           ("  two", "spaces")])
 def test_same_boundary_and_bos_decisions_as_hf(name, prompt, response, models, gguf_scorers):
     hf = Encoder(models[name][1]).encode(prompt, response)
     ours = Encoder(gguf_scorers[name].tokenizer).encode(prompt, response)
@@ -286,3 +317,70 @@ def test_cli_commands_take_a_gguf_model(tmp_path, gguf_files, gguf_scorers, mode
     audit = capsys.readouterr().out       # 1e-6 (it should read backend.tolerance, 1e-4)
     assert "PASS  normalisation" in audit and "PASS  tokenizer" in audit
     assert "SKIP  kv_cache" in audit
+
+
+def test_compare_hf_folder_with_its_gguf_files(tmp_path, gguf_files, models, capsys):
+    """`loglik compare` of an HF folder and the GGUF files written from it: one tokenization
+    (token-level KL between the HF model and each file), F32 equal to float tolerance, Q8_0
+    close but not equal."""
+    from loglik.cli import main
+
+    hf_dir = tmp_path / "hf"
+    model, tok = models["llama"]
+    model.save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n"
+                             for p, r in PAIRS + [("  leading spaces", " here")]))
+    assert main(["compare", str(pairs), "--model", str(hf_dir), "--model",
+                 gguf_files["llama", "f32"], "--model", gguf_files["llama", "q8_0"],
+                 "--name", "hf", "--name", "f32", "--name", "q8_0", "--top", "1",
+                 "--threads", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {m["tokenizer_group"] for m in report["models"]} == {0}
+    pair = {(p["a"], p["b"]): p for p in report["pairs"]}
+    f32, q8 = pair["hf", "f32"], pair["hf", "q8_0"]
+    assert f32["basis"] == q8["basis"] == "tokens"
+    assert abs(f32["largest"][0]["diff"]) < 1e-3                 # per sequence, nats
+    assert f32["token_stats"]["kl_mean"] < 1e-6
+    assert f32["token_stats"]["same_top1_rate"] == 1.0
+    assert 0 < abs(q8["largest"][0]["diff"]) < 0.5
+    assert 1e-7 < q8["token_stats"]["kl_mean"] < 1e-2
+    assert q8["token_stats"]["num_tokens"] == f32["token_stats"]["num_tokens"] > len(PAIRS)
+    print(f"\nHF vs GGUF F32: max |diff| {abs(f32['largest'][0]['diff']):.2e} nats/sequence, "
+          f"KL mean {f32['token_stats']['kl_mean']:.2e}; Q8_0: max |diff| "
+          f"{abs(q8['largest'][0]['diff']):.3g}, KL mean {q8['token_stats']['kl_mean']:.2e}")
+
+
+def test_cli_gguf_errors_are_one_line(tmp_path, gguf_files, capsys, monkeypatch):
+    """Missing file (a bare name, not taken for a hub id), not GGUF, unknown architecture,
+    context overflow: `loglik score` exits 2 with one line naming the file and the fix."""
+    import gguf
+    import numpy as np
+
+    from loglik.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.gguf").write_text('{"not": "a model"}')
+    writer = gguf.GGUFWriter(str(tmp_path / "alien.gguf"), "alienformer")
+    writer.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "The capital of France is", "response": " Paris"})
+                     + "\n")
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "The quick brown fox. " * 80, "response": " x"})
+                    + "\n")
+    cases = [(pairs, "nope.gguf", "GGUF file 'nope.gguf' not found"),
+             (pairs, "bad.gguf", "not a GGUF file"),
+             (pairs, "alien.gguf", "unknown model architecture: 'alienformer'"),
+             (long, gguf_files["llama", "f32"], "line 1: example needs .* the model's context "
+              "is 256; pass truncate='left'")]
+    for data, model, message in cases:
+        assert main(["score", str(data), "--model", model, "-o", str(tmp_path / "o.jsonl"),
+                     "--threads", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and re.search(message, err), err

@@ -85,3 +85,13 @@ def test_missing_file_and_directory(tmp_path):
         read_gguf_header(tmp_path / "none.gguf")
     with pytest.raises(ModelLoadError, match="is a directory"):
         read_gguf_header(tmp_path)
+
+
+def test_a_missing_gguf_name_is_a_file_not_a_hub_id(tmp_path, monkeypatch):
+    """`--model nope.gguf` reaches the GGUF loader's 'not found', not a hub probe."""
+    from loglik.hub import check_model_source, is_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    assert not is_hub_id("nope.gguf") and not is_hub_id("org/model-Q8_0.GGUF")
+    assert is_hub_id("org/model")
+    check_model_source("nope.gguf")          # no probe, no error: the loader reports it

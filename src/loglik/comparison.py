@@ -6,7 +6,8 @@
 * per pair of models (a, b), the paired difference of totals ``Σ_i (logprob_a,i − logprob_b,i)``
   with a percentile-bootstrap confidence interval (examples resampled with replacement,
   seeded), the fraction of examples each model wins, and the examples that differ most;
-* for pairs that share a tokenizer, token-level statistics of the two next-token
+* for pairs that share a tokenizer (or whose tokenizers give the same ids on the data: an HF
+  folder and a GGUF file written from it), token-level statistics of the two next-token
   distributions in one pass (KL divergence, same top-1 rate, change of the true token's
   probability), in the manner of llama.cpp's ``--kl-divergence``, without files.
 
@@ -275,14 +276,24 @@ def compare(scorers: Sequence[Any] | Mapping[str, Any], examples: Iterable[Any],
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(scorers):
         groups.setdefault(tokenizer_fingerprint(s), []).append(i)
-    group_of = {i: g for g, members in enumerate(groups.values()) for i in members}
-    encoded_of: dict[int, list[Any]] = {}
+    encodings = [(members, scorers[members[0]].encoder.encode_many(exs))
+                 for members in groups.values()]
     scores: list[list[Score]] = [[] for _ in scorers]
     det = Detail(rank=detail, entropy=detail)
-    for g, members in enumerate(groups.values()):
-        encoded_of[g] = scorers[members[0]].encoder.encode_many(exs)
+    for members, encoded in encodings:
         for i in members:
-            scores[i] = _score_in_steps(scorers[i], encoded_of[g], exs, det, progress)
+            scores[i] = _score_in_steps(scorers[i], encoded, exs, det, progress)
+    # Different tokenizer objects that give the same ids on this data (an HF folder and
+    # the GGUF file written from it) share a group: their scores compare token by token.
+    merged: list[tuple[list[int], list[Any]]] = []
+    for members, encoded in encodings:
+        same = next((m for m, e in merged if same_token_ids(e, encoded)), None)
+        if same is None:
+            merged.append((list(members), encoded))
+        else:
+            same.extend(members)
+    group_of = {i: g for g, (members, _) in enumerate(merged) for i in members}
+    encoded_of = {g: encoded for g, (_, encoded) in enumerate(merged)}
 
     models = [_summary(n, scores[i], group_of[i], detail) for i, n in enumerate(names)]
     lps = [np.array([s.logprob for s in sc]) for sc in scores]
@@ -311,6 +322,14 @@ def compare(scorers: Sequence[Any] | Mapping[str, Any], examples: Iterable[Any],
     if token_stats:
         _add_token_stats(scorers, encoded_of, group_of, pairs, index)
     return Comparison(models, pairs, exs, scores, [s.tokenizer for s in scorers])
+
+
+def same_token_ids(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Whether two encodings of the same examples give every example the same context and
+    response ids (``Encoded`` objects)."""
+    return len(a) == len(b) and all(
+        tuple(x.context_ids) == tuple(y.context_ids)
+        and tuple(x.response_ids) == tuple(y.response_ids) for x, y in zip(a, b))
 
 
 def _score_in_steps(scorer: Scorer, encoded: Sequence[Any], examples: Sequence[Example],

@@ -18,9 +18,11 @@ PROBE_TIMEOUT_S = 3.0
 
 
 def is_hub_id(name: str) -> bool:
-    """``name`` or ``org/name`` that is not an existing path (as the HF loader decides)."""
+    """``name`` or ``org/name`` that is not an existing path (as the HF loader decides); a
+    name ending in ``.gguf`` is a file (a missing one is reported by the GGUF loader)."""
     path = os.path.expanduser(name)
-    return not (name.startswith((".", "/", "~")) or name.count("/") > 1 or os.path.exists(path))
+    return not (name.startswith((".", "/", "~")) or name.count("/") > 1 or os.path.exists(path)
+                or name.lower().endswith(".gguf"))
 
 
 def _offline() -> bool:

@@ -13,7 +13,9 @@ Two tokenizer styles are written so that llama.cpp reads exactly the HF tokenize
 * SentencePiece style (``▁`` words, dummy prefix, ``<0xNN>`` byte fallback): llama.cpp's
   ``llama`` tokenizer, which merges the adjacent pair whose merged token has the highest
   score; the score of a token is minus the rank of the BPE merge that made it, so merges
-  happen in the HF tokenizer's order.
+  happen in the HF tokenizer's order. ``tokenizer.ggml.add_space_prefix`` is on unless the
+  Metaspace's ``prepend_scheme`` is ``"never"``; for a text that starts with a space, see
+  :mod:`loglik.backends.llamacpp_tokenizer` (llama.cpp would add a second ``▁``).
 * byte-level BPE (GPT-2 style): llama.cpp's ``gpt2`` tokenizer with the HF merges and the
   GPT-2 pre-tokenizer regex (``tokenizer.ggml.pre = "gpt-2"``).
 
@@ -177,7 +179,11 @@ def _write_vocab(writer: Any, tokenizer: Any, gguf: Any) -> None:
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
         writer.add_token_scores(scores)
-        writer.add_add_space_prefix(True)
+        # llama.cpp's one switch for Metaspace's prepend_scheme: "first" and "always" add a
+        # "▁" before the text (GGUFTokenizer gives a leading space to it), "never" none
+        schemes = {p.get("prepend_scheme") for p in [pre, *pre.get("pretokenizers", [])]
+                   if p.get("type") == "Metaspace"}
+        writer.add_add_space_prefix(schemes != {"never"})
         if tokenizer.unk_token_id is not None:
             writer.add_unk_token_id(tokenizer.unk_token_id)
     elif "ByteLevel" in kinds:

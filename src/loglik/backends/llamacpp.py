@@ -40,12 +40,13 @@ from ..logprobs import head_logprobs, split_head_output
 from ..types import Detail, Request, TokenResult
 from .base import DISTRIBUTIONS, PACKED_ROWS, SHARED_CONTEXT
 from .gguf_file import read_gguf_header
-from .llamacpp_batch import Layout, Unit, layout, split_units
+from .llamacpp_batch import Layout, Unit, layout, split_units, unit_tokens
 from .llamacpp_tokenizer import GGUFTokenizer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 4096   # KV cells are allocated up front: cap the model's trained context
+CALL_TOKENS = 512           # tokens per decode call unless a shared context needs more
 MAX_SEQUENCES = 256         # requests per decode call (llama.cpp's LLAMA_MAX_SEQ)
 _KV_TYPES = {"f32": 0, "f16": 1}   # ggml_type
 _INT32_P = ctypes.POINTER(ctypes.c_int32)
@@ -102,6 +103,9 @@ class LlamaCppBackend:
         flash_attn: llama.cpp's flash attention (off by default: on CPU it rounds through
             F16 and moves logits by ~1e-3).
         chunk_size: rows of logits reduced at once (default: ~64 MiB).
+        dummy_prefix: how a text that starts with a space is tokenized by a SentencePiece
+            vocabulary: ``"metaspace"`` (as Hugging Face tokenizers do, the default) or
+            ``"always"`` (as llama.cpp does); see :mod:`~loglik.backends.llamacpp_tokenizer`.
         name: the file or object this came from, for messages.
         owns_model: free the model in :meth:`close` (True when :meth:`from_file` loaded it).
     """
@@ -113,8 +117,8 @@ class LlamaCppBackend:
 
     def __init__(self, lib: Any, model: Any, *, owner: Any = None, max_length: int | None = None,
                  threads: int | None = None, kv_type: str = "f32", flash_attn: bool = False,
-                 chunk_size: int | None = None, name: str = "model",
-                 owns_model: bool = False) -> None:
+                 chunk_size: int | None = None, dummy_prefix: str = "metaspace",
+                 name: str = "model", owns_model: bool = False) -> None:
         if kv_type not in _KV_TYPES:
             raise ConfigError(f"kv_type must be one of {', '.join(_KV_TYPES)}, got {kv_type!r}")
         if threads is not None and threads < 1:
@@ -137,7 +141,12 @@ class LlamaCppBackend:
         kind = int(lib.llama_vocab_type(vocab))
         self.tokenizer = GGUFTokenizer(lib, vocab, owner=self, space_prefix=(
             kind == lib.LLAMA_VOCAB_TYPE_SPM and self._space_prefix()),
-            byte_level=kind == lib.LLAMA_VOCAB_TYPE_BPE)
+            byte_level=kind == lib.LLAMA_VOCAB_TYPE_BPE, dummy_prefix=dummy_prefix)
+        if self._meta("tokenizer.ggml.bos_token_id") is None and not self.tokenizer.adds_bos:
+            # llama.cpp's SentencePiece vocabulary defaults BOS to id 1 when the file names
+            # none; a tokenizer without BOS (T5-like) has none, and an empty prompt
+            # conditions on EOS as with the HF tokenizer
+            self.tokenizer.bos_token_id = None
         self.ctx = self._new_context(_KV_TYPES[kv_type], flash_attn)
 
     # -- construction ------------------------------------------------------------------------
@@ -172,17 +181,21 @@ class LlamaCppBackend:
         options.setdefault("threads", int(llama.context_params.n_threads_batch) or None)
         return cls(lib, llama.model, owner=llama, name=os.fspath(llama.model_path), **options)
 
+    def _meta(self, key: str) -> str | None:
+        """The file's metadata value under ``key`` as text, None when absent."""
+        buf = ctypes.create_string_buffer(64)
+        n = self.lib.llama_model_meta_val_str(self.llama_model, key.encode(), buf, 64)
+        return None if n < 0 else buf.value.decode("utf-8", errors="replace")
+
     def _space_prefix(self) -> bool:
-        buf = ctypes.create_string_buffer(16)
-        n = self.lib.llama_model_meta_val_str(self.llama_model, b"tokenizer.ggml.add_space_prefix",
-                                              buf, 16)
-        return n < 0 or buf.value.decode().lower() != "false"   # SentencePiece default: on
+        value = self._meta("tokenizer.ggml.add_space_prefix")
+        return value is None or value.lower() != "false"   # SentencePiece default: on
 
     def _new_context(self, kv_type: int, flash_attn: bool) -> Any:
         lib = self.lib
         p = lib.llama_context_default_params()
         p.n_ctx = p.n_batch = self.max_length
-        p.n_ubatch = min(512, self.max_length)
+        p.n_ubatch = min(CALL_TOKENS, self.max_length)
         p.n_seq_max = self.max_sequences
         p.n_threads = p.n_threads_batch = self.threads
         p.type_k = p.type_v = kv_type
@@ -282,6 +295,11 @@ class LlamaCppBackend:
     def _decoded(self, units: list[Unit], batch_tokens: int | None):
         """Decode group after group; yield each group's layout while its logits are valid."""
         limit = min(max(batch_tokens or self.max_length, 1), self.max_length)
+        # Every token of a decode call attends to every KV cell the call has filled so far
+        # (one unified cache, other sequences masked): calls of many short sequences cost
+        # O(call tokens^2) in attention. Keep calls to one ubatch unless a unit needs more.
+        biggest = max((unit_tokens(u) for u in units), default=0)
+        limit = min(limit, max(CALL_TOKENS, biggest))
         for group in split_units(units, limit, self.max_sequences):
             lay = layout(group)
             self._clear_cache()

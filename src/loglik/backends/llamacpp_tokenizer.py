@@ -9,6 +9,18 @@ exactly the ids llama.cpp would feed it.
 Special-token strings typed in user text (``<s>``, ``<|endoftext|>``) are text: they are
 tokenized as characters unless ``parse_special=True``.
 
+The dummy prefix: llama.cpp's SentencePiece tokenizer (``tokenizer.ggml.add_space_prefix``)
+puts a space before every text, as SentencePiece's ``add_dummy_prefix`` does, so
+``" hello"`` becomes ``▁▁hello``. Hugging Face's ``Metaspace`` pre-tokenizer (both
+``prepend_scheme="first"`` and ``"always"``, which transformers' Llama tokenizer uses) adds
+the ``▁`` only when the text does not already start with one: ``" hello"`` -> ``▁hello``.
+The GGUF metadata has one boolean for this, so by default (``dummy_prefix="metaspace"``) this
+adapter gives a text that starts with a space to llama.cpp without that space, and llama.cpp's
+own prefix stands for it: the same string, hence the same ids, as the HF tokenizer.
+``dummy_prefix="always"`` keeps llama.cpp's (and SentencePiece's) behaviour. With
+``parse_special=True`` llama.cpp also adds the prefix after every special token in the text,
+which ``Metaspace`` does not; that case is left as llama.cpp does it.
+
 ``decode`` joins the tokens' pieces as bytes (``llama_token_to_piece``), dropping the first
 token's leading space when the vocabulary adds a dummy prefix (SentencePiece), as the
 Hugging Face decoders do; it does not "clean up" spaces before punctuation.
@@ -22,6 +34,10 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import ConfigError
+
+DUMMY_PREFIX = ("metaspace", "always")   # see the module docstring
+
 
 class GGUFTokenizer:
     """Tokenizes with a llama.cpp vocabulary (``llama_vocab *``).
@@ -33,16 +49,23 @@ class GGUFTokenizer:
         byte_level: whether token strings are GPT-2's byte stand-ins (``Ġ``), i.e. a ``gpt2``
             (BPE) vocabulary; read by :func:`loglik.explain.is_byte_level`.
         parse_special: tokenize special-token strings in the text as the special tokens.
+        dummy_prefix: ``"metaspace"`` (a leading space of the text is the prefix, as in
+            Hugging Face's Metaspace) or ``"always"`` (llama.cpp's own: one more space).
         owner: any object to keep alive while this tokenizer is used (the model).
     """
 
     def __init__(self, llama_cpp: Any, vocab: Any, *, space_prefix: bool = False,
                  byte_level: bool = False, parse_special: bool = False,
-                 owner: Any = None) -> None:
+                 dummy_prefix: str = "metaspace", owner: Any = None) -> None:
+        if dummy_prefix not in DUMMY_PREFIX:
+            raise ConfigError(f"dummy_prefix must be one of {', '.join(DUMMY_PREFIX)}, got "
+                              f"{dummy_prefix!r}")
         self._lib = llama_cpp
         self._vocab = vocab
         self._owner = owner
         self.space_prefix = space_prefix
+        self.dummy_prefix = dummy_prefix
+        self._space_ids: list[int] | None = None
         self.byte_level = byte_level
         self.parse_special = parse_special
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
@@ -61,6 +84,12 @@ class GGUFTokenizer:
         return [self._encode(text) for text in texts]
 
     def _encode(self, text: str) -> list[int]:
+        if self.space_prefix and self.dummy_prefix == "metaspace" and text.startswith(" "):
+            # llama.cpp adds "▁" before any text; Metaspace adds it only when the text does
+            # not start with a space: drop that space and let llama.cpp's prefix stand for it
+            text = text[1:]
+            if not text:
+                return self._lone_space()
         data = text.encode("utf-8")
         need = len(data) + 8            # never more tokens than bytes (+ a prefix space)
         if len(self._buffer) < need:
@@ -74,6 +103,19 @@ class GGUFTokenizer:
         if n < 0:
             raise ValueError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
         return list(self._buffer[:n])
+
+    def _lone_space(self) -> list[int]:
+        """The ids of the text ``" "`` under Metaspace: the ``▁`` token, else its UTF-8 bytes
+        (byte fallback ``<0xE2><0x96><0x81>``, as the HF BPE does)."""
+        if self._space_ids is None:
+            texts = {self._lib.llama_vocab_get_text(self._vocab, t): t
+                     for t in range(self.n_vocab)}
+            marker = "\u2581".encode()
+            if marker in texts:
+                self._space_ids = [texts[marker]]
+            else:
+                self._space_ids = [texts.get(f"<0x{b:02X}>".encode(), 0) for b in marker]
+        return list(self._space_ids)
 
     def piece(self, token: int) -> bytes:
         """The bytes ``token`` stands for (special tokens rendered as their text)."""
@@ -106,7 +148,8 @@ class GGUFTokenizer:
         of one model), so ``loglik compare`` compares them token by token."""
         h = hashlib.sha256(repr((int(self._lib.llama_vocab_type(self._vocab)), self.n_vocab,
                                  self.bos_token_id, self.eos_token_id, self.adds_bos,
-                                 self.space_prefix, self.parse_special)).encode())
+                                 self.space_prefix, self.parse_special,
+                                 self.dummy_prefix)).encode())
         for t in range(self.n_vocab):
             h.update(self._lib.llama_vocab_get_text(self._vocab, t) or b"")
             h.update(struct.pack("<fi", self._lib.llama_vocab_get_score(self._vocab, t),
