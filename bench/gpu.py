@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ PEAK_BF16_TFLOPS = (("H200", 989.0), ("GH200", 989.0), ("H100 PCIe", 756.0),
 GPU_MODEL = dict(hidden=1024, layers=24, heads=16, kv_heads=8, mlp=4096)
 DRY_MODEL = dict(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128)
 GPU_SIZES = {"pairs": 2048, "choices": 512, "best_of_16": 128, "long": 128}
-DRY_SIZES = {"pairs": 6, "choices": 2, "best_of_16": 1, "long": 1}
+DRY_SIZES = {"pairs": 16, "choices": 2, "best_of_16": 1, "long": 1}
 AGREE_NATS = 1e-3   # fp32 dry run: per sequence, between tools
 
 
@@ -100,8 +99,8 @@ def ensure_inputs(cache: Path, dry: bool, dtype: str) -> tuple[dict[str, Path], 
 
 
 def run_tool(tool: str, model: Path, workloads: list[Path], out: Path, opts: list[str],
-             timeout: float) -> dict:
-    cmd = [sys.executable, str(HERE / "gpu_worker.py"), tool, str(model), str(out),
+             timeout: float, python: str = sys.executable) -> dict:
+    cmd = [python, str(HERE / "gpu_worker.py"), tool, str(model), str(out),
            "--workloads", ",".join(map(str, workloads)), *opts]
     t = time.perf_counter()
     try:
@@ -121,15 +120,13 @@ def plan_tools(dry: bool, device: str) -> tuple[list[tuple[str, str, list[str]]]
     """(label, tool, worker options) to run, and why the others are skipped."""
     runs = [("loglik", "loglik", []),
             ("loglik varlen", "loglik-varlen", []),
-            ("lm-eval auto", "lmeval", ["--batch", "auto"]),
+            ("lm-eval auto", "lmeval", ["--batch", "auto"] + (
+                ["--max-batch", "2", "--max-length", "2048"] if dry else [])),
             ("loop b1", "loop", ["--limit", "2" if dry else "200"]),
             ("vllm", "vllm", [])]
     skipped = []
     if not device.startswith("cuda"):
         skipped.append("vllm: needs a CUDA GPU")
-    elif importlib.util.find_spec("vllm") is None:
-        skipped.append("vllm: not installed (bench/gpu.sh installs it where pip can reach "
-                       "an index or a wheelhouse)")
     if importlib.util.find_spec("lm_eval") is None:
         skipped.append("lm-eval auto: lm_eval not installed (pip install lm-eval==0.4.13)")
     if device.startswith("cuda"):
@@ -137,6 +134,25 @@ def plan_tools(dry: bool, device: str) -> tuple[list[tuple[str, str, list[str]]]
                        "where the model allows")
     names = {s.split(":")[0] for s in skipped}
     return [r for r in runs if r[0] not in names], skipped
+
+
+def vllm_python(python: str | None, wait: float, since: float) -> tuple[str | None, str]:
+    """The interpreter that has vLLM (this one, or gpu.sh's bench/.venv-vllm once its
+    background install wrote ``ready`` next to it, waiting at most ``wait`` seconds from
+    ``since``), or None and why not."""
+    if python is None:
+        ok = importlib.util.find_spec("vllm") is not None
+        return (sys.executable, "") if ok else (None, "vllm: not installed (bench/gpu.sh "
+                                                 "installs it where pip reaches an index)")
+    ready = Path(python).resolve().parent.parent / "ready"
+    if Path(python).resolve() != Path(sys.executable).resolve():
+        while not ready.exists() and time.time() - since < wait:
+            time.sleep(5)
+    probe = subprocess.run([python, "-c", "import vllm"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return None, f"vllm: not importable with {python} (install failed or unfinished; " \
+                     "see bench/.venv-vllm.log)"
+    return python, ""
 
 
 def print_tables(report: dict, peak: float | None) -> None:
@@ -194,7 +210,12 @@ def main() -> int:
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--timeout", type=float, default=300, help="seconds per tool run")
     p.add_argument("--no-memory", action="store_true", help="skip the 128k-vocab table")
+    p.add_argument("--vllm-python", default=None,
+                   help="interpreter with vLLM (gpu.sh: bench/.venv-vllm/bin/python)")
+    p.add_argument("--vllm-wait", type=float, default=0,
+                   help="seconds to wait for gpu.sh's background vLLM install")
     args = p.parse_args()
+    since = time.time()
     import torch
 
     cuda = torch.cuda.is_available()
@@ -218,9 +239,17 @@ def main() -> int:
     paths = list(workloads.values())
     results: dict[str, dict] = {}
     for label, tool, opts in runs:
+        python = sys.executable
+        if tool == "vllm":
+            python, why = vllm_python(args.vllm_python, args.vllm_wait, since)
+            if python is None:
+                skipped.append(why)
+                print(f"skipped {why}")
+                continue
         t = time.perf_counter()
         results[label] = run_tool(tool, models["v32k"], paths,
-                                  out_dir / f"gpu-{tool}.json", common + opts, args.timeout)
+                                  out_dir / f"gpu-{tool}.json", common + opts, args.timeout,
+                                  python)
         status = results[label].get("error", "ok")
         print(f"  {label}: {status} ({time.perf_counter() - t:.0f}s with start-up)", flush=True)
     if "loglik" in results and "error" not in results["loglik"] and dtype != "float32":

@@ -74,7 +74,7 @@ def lmeval_tool(model: str, args):
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=model, backend="causal", batch_size=args.batch, device=args.device,
-              dtype=args.dtype, max_length=4096, max_batch_size=args.max_batch)
+              dtype=args.dtype, max_length=args.max_length, max_batch_size=args.max_batch)
 
     def run(recs):
         reqs = [Instance(request_type="loglikelihood", doc={}, idx=i,
@@ -146,6 +146,8 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=None, help="only the first N records of each")
     p.add_argument("--batch", default="auto", help="lmeval: batch size (default auto)")
     p.add_argument("--max-batch", type=int, default=64, help="lmeval: largest auto batch")
+    p.add_argument("--max-length", type=int, default=4096,
+                   help="lmeval: context length (its auto batch search forwards batches of it)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--vllm-memory", type=float, default=0.85)
     p.add_argument("--vllm-compile", action="store_true")
