@@ -132,6 +132,8 @@ def plan_tools(dry: bool, device: str) -> tuple[list[tuple[str, str, list[str]]]
     if device.startswith("cuda"):
         skipped.append("loglik varlen: on CUDA the default loglik row already uses it "
                        "where the model allows")
+    if device.startswith("cuda"):
+        runs.insert(1, ("loglik bt32k", "loglik", ["--batch-tokens", "32768"]))
     names = {s.split(":")[0] for s in skipped}
     return [r for r in runs if r[0] not in names], skipped
 

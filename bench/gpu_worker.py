@@ -58,12 +58,13 @@ def loglik_tool(model: str, args, *, varlen: bool | None = None):
     from loglik import Scorer
 
     if varlen is None:
-        scorer = Scorer.from_pretrained(model, device=args.device, dtype=args.dtype)
+        scorer = Scorer.from_pretrained(model, device=args.device, dtype=args.dtype,
+                                        batch_tokens=args.batch_tokens)
     else:
         from loglik.backends.hf import HFBackend, load_hf
 
         hf, tok = load_hf(model, device=args.device, dtype=args.dtype)
-        scorer = Scorer(HFBackend(hf, varlen=varlen), tok)
+        scorer = Scorer(HFBackend(hf, varlen=varlen), tok, batch_tokens=args.batch_tokens)
         print(f"loglik-varlen: varlen={scorer.backend.varlen}", file=sys.stderr)
     return lambda recs: [s.logprob for s in scorer.score_many(
         [(r["prompt"], r["response"]) for r in recs])]
@@ -149,6 +150,8 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=4096,
                    help="lmeval: context length (its auto batch search forwards batches of it)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="loglik: token budget per forward (default: the library's)")
     p.add_argument("--vllm-memory", type=float, default=0.85)
     p.add_argument("--vllm-compile", action="store_true")
     args = p.parse_args()
