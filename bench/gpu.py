@@ -210,13 +210,16 @@ def main() -> int:
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--cache", default=str(HERE / ".cache"))
     p.add_argument("--out", default=str(HERE / "results"))
-    p.add_argument("--timeout", type=float, default=300, help="seconds per tool run")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per tool run (default 300; 1800 with --dry-run, whose CPU "
+                   "start-ups dominate on a busy machine)")
     p.add_argument("--no-memory", action="store_true", help="skip the 128k-vocab table")
     p.add_argument("--vllm-python", default=None,
                    help="interpreter with vLLM (gpu.sh: bench/.venv-vllm/bin/python)")
     p.add_argument("--vllm-wait", type=float, default=0,
                    help="seconds to wait for gpu.sh's background vLLM install")
     args = p.parse_args()
+    args.timeout = args.timeout or (1800 if args.dry_run else 300)
     since = time.time()
     import torch
 
