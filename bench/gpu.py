@@ -183,7 +183,8 @@ def print_tables(report: dict, peak: float | None) -> None:
                                        f"peak {r['peak_mem_mb'] / 1024:.2f} GB, "
                                        f"{r['tok_s']:,.0f} tok/s"))
     if peak is None:
-        print("\nMFU: n/a (no bf16 peak known for this device: add it to PEAK_BF16_TFLOPS)")
+        print("\nMFU: n/a " + ("on the CPU (dry run)" if report["device"] == "cpu" else
+                               "(no bf16 peak known for this GPU: add it to PEAK_BF16_TFLOPS)"))
 
 
 def summarise(r: dict, fl: dict, records: list[dict], config: dict, ref: list | None,
