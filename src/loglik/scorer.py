@@ -84,7 +84,7 @@ class Scorer:
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model: str | None = None, *, dtype: str = "float32",
+    def from_pretrained(cls, model: str | None = None, *, dtype: str | None = None,
                         device: str = "cpu", trust_remote_code: bool = False,
                         allow_pickle: bool = False, revision: str | None = None,
                         chunk_size: int | None = None, max_length: int | None = None,
@@ -100,7 +100,8 @@ class Scorer:
         :meth:`from_seq2seq`. ``threads`` sets torch's intra-op CPU threads for the process
         (default: torch's own). ``adapter``: a LoRA adapter folder (``loglik train --lora``),
         merged into the model. The options after it are the :class:`Scorer`'s. A path ending
-        in ``.gguf`` is a llama.cpp model (:mod:`loglik.backends.llamacpp`).
+        in ``.gguf`` is a llama.cpp model (:mod:`loglik.backends.llamacpp`). ``dtype=None``:
+        bfloat16 on CUDA, float32 elsewhere (log-softmax stays fp32 either way).
         """
         if model is not None and str(model).lower().endswith(".gguf"):
             from .backends.llamacpp import scorer_from_gguf
@@ -112,7 +113,8 @@ class Scorer:
                 batch_tokens=batch_tokens, window=window, share_context=share_context,
                 pack=pack, parse_special=parse_special, turns=turns, end_of_turn=end_of_turn,
                 chat_template=chat_template)
-        from .backends.hf import HFBackend, load_hf, load_tokenizer, verdicts  # torch: here
+        from .backends.hf import (HFBackend, default_dtype, load_hf, load_tokenizer,  # torch
+                                  verdicts)
         from .backends.hf.compact import load_compact
         from .tokenize import file_tokenizer
 
@@ -138,6 +140,7 @@ class Scorer:
                 return cls.from_seq2seq(s2s, tok, chunk_size=chunk_size, max_length=max_length,
                                         **options)  # type: ignore[arg-type]
         name = model or default_model_path()
+        dtype = dtype if dtype is not None else default_dtype(device)
         # The embedded default model runs on loglik's own plain-Llama module: a short command
         # then skips transformers' model imports, most of its start-up (backends/hf/compact).
         compact = (load_compact(name, dtype=dtype, device=device)

@@ -17,7 +17,8 @@ def add_model_options(p: argparse.ArgumentParser, *, multiple: bool = False) -> 
     p.add_argument("--adapter", default=None, metavar="DIR",
                    help="a LoRA adapter folder ('loglik train --lora' output) applied to "
                    "--model (its base model)")
-    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, auto")
+    p.add_argument("--dtype", default=None,
+                   help="float32, bfloat16, float16, auto (default: bfloat16 on CUDA, else float32)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     p.add_argument("--revision", default=None, help="model revision on the hub")
     p.add_argument("--trust-remote-code", action="store_true",

@@ -38,14 +38,24 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
                              + ", ".join(sorted(_DTYPES))) from None
 
 
-def load_hf(name: str, *, dtype: str | torch.dtype | None = "float32", device: str = "cpu",
+def default_dtype(device: str | torch.device) -> str:
+    """The weights' dtype when none is asked for: bfloat16 on CUDA, float32 elsewhere.
+
+    >>> default_dtype("cuda:1"), default_dtype("cpu")
+    ('bfloat16', 'float32')
+    """
+    return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+
+
+def load_hf(name: str, *, dtype: str | torch.dtype | None = None, device: str = "cpu",
             trust_remote_code: bool = False, allow_pickle: bool = False,
             revision: str | None = None, kind: str = "causal") -> tuple[Any, Any]:
     """Load a causal LM (``kind="causal"``) or an encoder-decoder LM (``"seq2seq"``) and its
     tokenizer from a local folder or a hub id.
 
     Weights load from safetensors only unless ``allow_pickle``; remote code runs only with
-    ``trust_remote_code``.
+    ``trust_remote_code``. ``dtype=None`` is :func:`default_dtype` of the device (bfloat16
+    on CUDA, float32 elsewhere); ``"auto"`` is the checkpoint's own.
     """
     import transformers
 
@@ -63,7 +73,8 @@ def load_hf(name: str, *, dtype: str | torch.dtype | None = "float32", device: s
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
     try:
         model = getattr(transformers, auto).from_pretrained(
-            path, dtype=resolve_dtype(dtype), use_safetensors=None if allow_pickle else True,
+            path, dtype=resolve_dtype(dtype if dtype is not None else default_dtype(device)),
+            use_safetensors=None if allow_pickle else True,
             **kw)
     except Exception as exc:
         hint = ("" if allow_pickle else "; if it only has pickle (.bin) weights and you trust "

@@ -9,7 +9,11 @@ silently wrong:
 * head only at predicting positions (``fast``) — else full logits, with a warning;
 * right-padded rows without an attention mask (``unmasked_padding``);
 * packed and tree rows with a custom 4D mask (``packing``, :mod:`.packed`);
-* shared contexts by KV reuse (``kv_sharing``, :mod:`.kv`).
+* shared contexts by KV reuse (``kv_sharing``, :mod:`.kv`);
+* packed rows as variable-length segments, no dense mask (``varlen``, :mod:`.varlen`; on
+  CUDA by default).
+
+On CUDA the output head's chunks are sized to the free GPU memory (:func:`head_chunk_rows`).
 
 Declared capabilities: ``packed_rows`` and ``shared_context`` when ``packing`` holds,
 ``distributions`` always, ``torch_model`` for a transformers model (not for loglik's own
@@ -30,10 +34,26 @@ from ...types import Detail, Request, TokenResult
 from ..base import DISTRIBUTIONS, PACKED_ROWS, SHARED_CONTEXT, TORCH_MODEL
 from . import kv
 from .adapter import ModelAdapter, context_length
-from .packed import packing_self_check, score_packed
+from .packed import packing_self_check, score_packed, varlen_self_check
 from .rows import row_states, score_rows, unmasked_padding_check
 
 log = logging.getLogger(__name__)
+
+# Output-head chunks on a GPU: fp32 logits up to 1/8 of the free memory, at most 2 GiB.
+GPU_HEAD_FRACTION = 8
+GPU_HEAD_MAX_BYTES = 2 * 2**30
+
+
+def head_chunk_rows(device: torch.device, vocab_size: int) -> int | None:
+    """Rows per output-head chunk on a CUDA device, from ``torch.cuda.mem_get_info``: a
+    chunk's fp32 logits and their low-precision source (~6 bytes per logit, plus one fp32
+    copy for the statistics) in 1/8 of the free memory, capped at 2 GiB. None elsewhere
+    (the CPU default of :func:`loglik.logprobs.chunk_rows`, ~64 MiB per chunk)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = min(free // GPU_HEAD_FRACTION, GPU_HEAD_MAX_BYTES)
+    return max(16, int(budget // (10 * max(vocab_size, 1))))
 
 
 class HFBackend:
@@ -46,11 +66,14 @@ class HFBackend:
         verdicts: the self-checks' results from an earlier build of the same model
             (:mod:`.verdicts`; keys ``fast``, ``unmasked_padding``, ``packing``,
             ``kv_sharing``); None runs the checks.
+        varlen: packed rows without shared contexts as variable-length attention segments
+            (:mod:`.varlen`): None = on CUDA only, True = also elsewhere (tests), False = off.
+            Switches the model's attention implementation; checked like the other paths.
     """
 
     def __init__(self, model: Any, *, chunk_size: int | None = None,
-                 max_length: int | None = None, verdicts: dict[str, bool] | None = None
-                 ) -> None:
+                 max_length: int | None = None, verdicts: dict[str, bool] | None = None,
+                 varlen: bool | None = None) -> None:
         self.adapter = ModelAdapter(model)
         self.model = self.adapter.model
         self.config = self.adapter.config
@@ -58,7 +81,7 @@ class HFBackend:
         self.dtype = self.adapter.dtype
         self.tolerance = self.adapter.tolerance
         self.vocab_size = self.adapter.vocab_size
-        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size or head_chunk_rows(self.device, self.vocab_size)
         self.max_length = max_length or context_length(self.config)
         if verdicts is not None:
             self.adapter.fast = self.adapter.fast and verdicts["fast"]
@@ -68,6 +91,11 @@ class HFBackend:
             self.kv_sharing = self.packing and verdicts["kv_sharing"]
         else:
             self._run_self_checks()
+        if varlen is None:
+            varlen = self.device.type == "cuda"
+        # varlen swaps a transformers model's attention function; loglik's own module has none
+        self.varlen = bool(varlen and self.packing and not self.adapter.compact
+                           and varlen_self_check(self.adapter))
         caps = {DISTRIBUTIONS} if self.adapter.compact else {DISTRIBUTIONS, TORCH_MODEL}
         if self.packing:
             caps |= {PACKED_ROWS, SHARED_CONTEXT}
@@ -120,7 +148,8 @@ class HFBackend:
             return kv.score_kv(self.adapter, batch, requests, detail,
                                batch_tokens=max(batch_tokens or 0, batch.padded_tokens),
                                chunk_size=self.chunk_size)
-        return score_packed(self.adapter, batch, requests, detail, chunk_size=self.chunk_size)
+        return score_packed(self.adapter, batch, requests, detail, chunk_size=self.chunk_size,
+                            varlen=self.varlen)
 
     # -- DistributionSource ----------------------------------------------------------------
     def prepare(self, requests: Sequence[Request]) -> torch.Tensor:

@@ -25,6 +25,7 @@ from ...errors import BackendError
 from ...masks import additive_mask, allowed, layout_rows
 from ...plan import PackedBatch, plan_packed
 from ...types import Detail, Request, TokenResult
+from . import varlen as vl
 from .adapter import ModelAdapter
 from .rows import apply_head, max_diff_from_alone
 
@@ -63,20 +64,27 @@ def mask_to(mask: Any, device: torch.device) -> Any:
 
 @torch.inference_mode()
 def score_packed(model: ModelAdapter, batch: PackedBatch, requests: Sequence[Request],
-                 detail: Detail, *, chunk_size: int | None = None) -> dict[int, TokenResult]:
+                 detail: Detail, *, chunk_size: int | None = None,
+                 varlen: bool = False) -> dict[int, TokenResult]:
     """Score the requests of one packed batch; ``{request index: result}``.
 
     ``Unit.members`` index ``requests``. Each request's log-probs equal scoring it alone
-    (context + targets[:-1] in a row of its own) up to float rounding.
+    (context + targets[:-1] in a row of its own) up to float rounding. With ``varlen`` (the
+    model switched by :func:`.varlen.enable`) a batch without shared contexts runs as
+    variable-length segments, without the (B, 1, T, T) mask.
     """
     for unit in (u for row in batch.rows for u in row):
         if not unit.context:
             raise BackendError(f"request {unit.members[0]} has no context tokens to predict from")
     layout = layout_rows(batch.rows, [r.target_ids for r in requests], batch.width)
     dev = model.device
-    mask = mask_to(attention_masks(model.config, layout, model.dtype), dev)
-    states = model.states(input_ids=layout.input_ids.to(dev), attention_mask=mask,
-                          position_ids=layout.position_ids.to(dev))       # (B, T, H|V)
+    if varlen and vl.plain_units(batch.rows):
+        states = model.states(input_ids=layout.input_ids.to(dev),
+                              **vl.varlen_kwargs(layout, dev))            # (B, T, H|V)
+    else:
+        mask = mask_to(attention_masks(model.config, layout, model.dtype), dev)
+        states = model.states(input_ids=layout.input_ids.to(dev), attention_mask=mask,
+                              position_ids=layout.position_ids.to(dev))   # (B, T, H|V)
     hidden = states[layout.rows.to(dev), layout.cols.to(dev)]              # (N, H|V)
     results = apply_head(model, hidden, layout.targets, layout.lengths, detail,
                          chunk_size=chunk_size)
@@ -111,3 +119,46 @@ def packing_self_check(model: ModelAdapter) -> bool:
                     type(model.model).__name__, diff)
         return False
     return True
+
+
+# Probe for the varlen path: three plain units of different lengths in one row.
+_VARLEN_PROBE = (((0, 1, 2, 3, 4), (5, 6, 7)), ((7, 3), (1, 2, 0)), ((4, 4, 1), (2, 9)))
+
+
+def varlen_self_check(model: ModelAdapter) -> bool:
+    """Does the varlen path (:mod:`.varlen`) reproduce scoring each request alone?
+
+    Switches the model to it first; on any difference or error switches it back to SDPA."""
+    why = vl.supported(model.config)
+    if why is not None:
+        log.info("%s: packed rows keep the dense mask (%s)", type(model.model).__name__, why)
+        return False
+    v = model.vocab_size
+    requests = [Request(tuple(t % v for t in c), tuple(t % v for t in y))
+                for c, y in _VARLEN_PROBE]
+    plan = plan_packed([r.context_ids for r in requests], [len(r.target_ids) for r in requests],
+                       batch_tokens=64)
+    try:
+        vl.enable(model.model)
+        got: dict[int, TokenResult] = {}
+        for batch in plan.batches:
+            got.update(score_packed(model, batch, requests, Detail(), varlen=True))
+        diff = max_diff_from_alone(model, requests, got)
+    except Exception as exc:  # a model or a transformers version that does not take it
+        log.info("%s cannot score packed rows as varlen segments (%s: %s); keeping the dense "
+                 "mask", type(model.model).__name__, type(exc).__name__, exc)
+        _back_to_sdpa(model)
+        return False
+    if diff > model.tolerance:
+        log.warning("%s: varlen packed rows differ from scoring alone by %.3g nats; keeping "
+                    "the dense mask", type(model.model).__name__, diff)
+        _back_to_sdpa(model)
+        return False
+    return True
+
+
+def _back_to_sdpa(model: ModelAdapter) -> None:
+    try:
+        vl.disable(model.model)
+    except Exception:  # never switched
+        pass

@@ -1,0 +1,137 @@
+"""Packed rows as variable-length segments (backends/hf/varlen.py) and the CUDA defaults."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from loglik import Scorer
+from loglik.backends.hf import HFBackend, default_dtype
+from loglik.backends.hf import packed as packed_mod
+from loglik.backends.hf import varlen as vl
+from loglik.backends.hf.backend import head_chunk_rows
+from loglik.logprobs import reference_logprobs
+from loglik.masks import layout_rows
+from loglik.plan import Unit, plan_packed
+from loglik.testing import tiny_model
+from loglik.types import Request
+
+VOCAB = 300
+
+
+def _requests(seed: int, n: int, shared: bool = False) -> list[Request]:
+    rng = random.Random(seed)
+    ctx = tuple(rng.randrange(VOCAB) for _ in range(12))
+    return [Request(ctx if shared else tuple(rng.randrange(VOCAB)
+                                             for _ in range(rng.randint(1, 30))),
+                    tuple(rng.randrange(VOCAB) for _ in range(rng.randint(1, 10))))
+            for _ in range(n)]
+
+
+def _reference(model, r: Request) -> float:
+    ids = torch.tensor([list(r.context_ids) + list(r.target_ids)])              # (1, T)
+    with torch.inference_mode():
+        lp = reference_logprobs(model(ids).logits, ids)[0]                      # (T-1,)
+    return lp[len(r.context_ids) - 1:].sum().item()
+
+
+def _score_packed(backend: HFBackend, requests: list[Request]) -> dict:
+    plan = plan_packed([r.context_ids for r in requests], [len(r.target_ids) for r in requests],
+                       batch_tokens=96)
+    got = {}
+    for batch in plan.batches:
+        got.update(backend.score_packed(batch, requests))
+    return got
+
+
+def test_segments_cut_at_units_and_rows():
+    rows = [(Unit((1, 2, 3), (0,), (1,)), Unit((4, 5), (1,), (2,))), (Unit((6,), (2,), (1,)),)]
+    layout = layout_rows(rows, [(7, 8), (9, 9, 9), (5, 5)], width=9)
+    # row 0: unit 0 = 3 + 1 tokens, unit 1 = 2 + 2, padding 1; row 1: unit 0 = 1 + 1, pad 7
+    cu, longest = vl.segments(layout)
+    assert cu.tolist() == [0, 4, 8, 9, 11, 18]
+    assert cu.dtype == torch.int32 and longest == 7
+
+
+def test_varlen_matches_float64_reference_without_a_dense_mask(torch_threads, monkeypatch):
+    model = tiny_model("llama", VOCAB, scale=10.0, seed=3)
+    backend = HFBackend(model, varlen=True)
+    assert backend.varlen and model.config._attn_implementation == vl.NAME
+    calls = {"segments": 0, "dense": 0}
+    loop, dense = vl._segment_loop, packed_mod.attention_masks
+
+    def counting_loop(*a, **k):
+        calls["segments"] += 1
+        return loop(*a, **k)
+
+    def counting_dense(*a, **k):
+        calls["dense"] += 1
+        return dense(*a, **k)
+
+    monkeypatch.setattr(vl, "_segment_loop", counting_loop)
+    monkeypatch.setattr(packed_mod, "attention_masks", counting_dense)
+    requests = _requests(0, 20)
+    got = _score_packed(backend, requests)
+    assert calls["segments"] > 0 and calls["dense"] == 0
+    for i, r in enumerate(requests):
+        assert sum(got[i].logprobs) == pytest.approx(_reference(model, r), abs=1e-4)
+
+
+def test_shared_contexts_keep_the_tree_mask_and_stay_exact(torch_threads):
+    model = tiny_model("llama", VOCAB, scale=10.0, seed=4)
+    backend = HFBackend(model, varlen=True)
+    requests = _requests(1, 4, shared=True) + _requests(2, 3)
+    got = _score_packed(backend, requests)
+    for i, r in enumerate(requests):
+        assert sum(got[i].logprobs) == pytest.approx(_reference(model, r), abs=1e-4)
+
+
+def test_off_by_default_on_cpu_and_for_sliding_windows(torch_threads):
+    model = tiny_model("llama", VOCAB, seed=5)
+    assert not HFBackend(model).varlen
+    assert model.config._attn_implementation == "sdpa"       # CPU behaviour unchanged
+    gemma = tiny_model("gemma2", VOCAB, seed=5)
+    assert vl.supported(gemma.config) is not None
+    assert not HFBackend(gemma, varlen=True).varlen
+
+
+def test_device_defaults():
+    assert default_dtype("cuda") == "bfloat16" and default_dtype("cpu") == "float32"
+    assert head_chunk_rows(torch.device("cpu"), 32000) is None
+
+
+@pytest.mark.gpu
+def test_cuda_defaults_bf16_varlen_and_head_chunks(tmp_path, sp_tokenizer):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    model = tiny_model("llama", len(sp_tokenizer), scale=10.0, seed=6)
+    model.save_pretrained(tmp_path)
+    sp_tokenizer.save_pretrained(tmp_path)
+    scorer = Scorer.from_pretrained(str(tmp_path), device="cuda")
+    backend = scorer.backend
+    assert backend.dtype == torch.bfloat16 and backend.varlen
+    free, _ = torch.cuda.mem_get_info()
+    assert 16 <= backend.chunk_size and backend.chunk_size * 4 * backend.vocab_size <= free
+    pairs = [("The cat sat on", " the mat"), ("Hello", " world, again"), ("A", " b c d e")]
+    cpu = Scorer.from_pretrained(str(tmp_path)).score_many(pairs)
+    gpu = scorer.score_many(pairs)
+    for a, b in zip(cpu, gpu):
+        assert b.logprob == pytest.approx(a.logprob, abs=5e-2 * max(1, b.num_tokens))
+
+
+@pytest.mark.gpu
+def test_cuda_varlen_kernel_matches_segment_loop():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 5, 12, 13, 32], dtype=torch.int32)
+    q = torch.randn(32, 4, 16, device="cuda", dtype=torch.bfloat16)             # (N, Hq, D)
+    k = torch.randn(32, 2, 16, device="cuda", dtype=torch.bfloat16)             # (N, Hkv, D)
+    v = torch.randn(32, 2, 16, device="cuda", dtype=torch.bfloat16)
+    ref = vl._segment_loop(q.float(), k.float(), v.float(), cu, None)
+    qb, kb, vb = (x.transpose(0, 1).reshape(1, x.shape[1], 32, 16) for x in (q, k, v))
+    out, _ = vl.varlen_attention(torch.nn.Module(), qb, kb, vb, None, cu_seq_lens_q=cu,
+                                 max_length_q=19)                              # (1, 32, Hq, D)
+    torch.testing.assert_close(out[0].float(), ref, atol=2e-2, rtol=2e-2)
