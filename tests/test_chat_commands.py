@@ -75,14 +75,37 @@ def test_explain_a_conversation(chat):
     assert expl.to_dict()["messages"] == CONV and expl.boundary.startswith("chat")
     with pytest.raises(ConfigError, match="not both"):
         scorer.explain("a", "b", messages=CONV)
+    from loglik.render.terminal import explanation_table
+
+    caption = explanation_table(expl, width=100).table.caption
+    assert caption.startswith("log Pr(assistant turn | conversation before it) = ")
+
+
+def test_messages_arg_reads_one_record_and_refuses_several(tmp_path):
+    from loglik.reports import read_messages_arg
+
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"messages": CONV}) + "\n")
+    assert read_messages_arg(str(one)) == CONV
+    assert read_messages_arg(json.dumps(CONV)) == CONV
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join(json.dumps({"messages": CONV}) + "\n" for _ in range(3)))
+    with pytest.raises(InputError, match="holds 3 JSON lines"):
+        read_messages_arg(str(many))
+
+
+def _chatml_model_folder(folder, *, scale: float):
+    """A save_pretrained folder: a tiny random Llama with the ChatML test tokenizer."""
+    tok = chat_tokenizer("chatml")
+    tiny_model("llama", len(tok), scale=scale, seed=4).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 @pytest.mark.slow
 def test_cli_choose_and_explain_conversations(tmp_path, torch_threads):
+    folder = _chatml_model_folder(tmp_path / "m", scale=10.0)
     tok = chat_tokenizer("chatml")
-    folder = tmp_path / "m"
-    tiny_model("llama", len(tok), scale=10.0, seed=4).save_pretrained(folder)
-    tok.save_pretrained(folder)
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"id": "q1", "conv": HISTORY, "choices": CANDIDATES,
                                 "gold": 1}) + "\n")
@@ -129,10 +152,7 @@ def test_training_loss_is_minus_the_scored_turns(chat, tmp_path, end_of_turn):
 
 @pytest.mark.slow
 def test_train_on_chats_cli(tmp_path, torch_threads):
-    tok = chat_tokenizer("chatml")
-    folder = tmp_path / "m"
-    tiny_model("llama", len(tok), scale=4.0, seed=4).save_pretrained(folder)
-    tok.save_pretrained(folder)
+    folder = _chatml_model_folder(tmp_path / "m", scale=4.0)
     data = tmp_path / "chats.jsonl"
     data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in (CONV, CONV[:3])))
     out = tmp_path / "ft"

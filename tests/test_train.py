@@ -322,6 +322,23 @@ def _torchrun(args: list[str], **popen) -> "subprocess.Popen":
                             text=True, **popen)
 
 
+def _torchrun_killed_after_checkpoint(args: list[str], run: Path, *, step: int) -> None:
+    """Start a two-process run and SIGKILL its process group once checkpoint ``step`` is
+    written (a crash mid-run: no final model)."""
+    import os
+    import signal
+    import time
+
+    proc = _torchrun(args, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / f"step-{step:08d}").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model.safetensors").exists()          # it really died mid-run
+
+
 def _weights(folder: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -334,10 +351,6 @@ def test_two_processes_train_as_one_and_resume_after_a_kill(tmp_path, tiny_model
     process, divided by the step's response tokens over both; the weights equal one process
     with --grad-accum 2 over the same data. Killed mid-run (SIGKILL to the whole launcher)
     and resumed with the same line, it ends with the uninterrupted run's weights."""
-    import os
-    import signal
-    import time
-
     data = _pairs(tmp_path / "train.jsonl", CAPITALS)     # 10 examples, 5 micro-batches
     held = _pairs(tmp_path / "eval.jsonl", CAPITALS[:2])
     common = ["--batch-size", "2", "--epochs", "2", "--lr", "3e-3", "--seed", "1",
@@ -361,14 +374,7 @@ def test_two_processes_train_as_one_and_resume_after_a_kill(tmp_path, tiny_model
     run = tmp_path / "killed"
     args = [data, "--model", tiny_model_dir, "-o", str(run), "--save-every", "1",
             "--eval", held, "--eval-every", "1", *common]
-    proc = _torchrun(args, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (run / "checkpoints" / "step-00000003").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run / "model.safetensors").exists()          # it really died mid-run
+    _torchrun_killed_after_checkpoint(args, run, step=3)
     resumed = _torchrun([*args, "--resume"])
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output

@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,8 @@ import torch
 
 import loglik
 from loglik.errors import ConfigError, TrainingError
-from tests.test_train import CAPITALS, _epochs, _log, _pairs, _torchrun, _weights
+from tests.test_train import (CAPITALS, _epochs, _log, _pairs, _torchrun,
+                              _torchrun_killed_after_checkpoint, _weights)
 
 COMMON = ["--batch-size", "2", "--epochs", "2", "--lr", "3e-3", "--seed", "1",
           "--threads", "1", "--no-progress", "--no-eval-train"]
@@ -89,14 +88,7 @@ def test_fsdp_two_processes_train_as_one_and_resume_after_a_kill(tmp_path, tiny_
     run = tmp_path / "killed"
     args = [data, "--model", model, "-o", str(run), "--save-every", "1", "--fsdp",
             "--eval", held, "--eval-every", "1", *COMMON]
-    proc = _torchrun(args, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (run / "checkpoints" / "step-00000003").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run / "model.safetensors").exists()          # it really died mid-run
+    _torchrun_killed_after_checkpoint(args, run, step=3)
     refused = _torchrun([a if a != "--fsdp" else "--no-fsdp" for a in args] + ["--resume"])
     output = refused.communicate(timeout=300)[0]
     assert refused.returncode != 0 and "resume with --fsdp" in output, output

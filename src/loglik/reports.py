@@ -125,6 +125,12 @@ def read_messages_arg(value: str) -> list[Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
+        lines = [x for x in text.splitlines() if x.strip()]
+        if exc.msg == "Extra data" and len(lines) > 1:
+            raise InputError(f"this file holds {len(lines)} JSON lines and --messages explains "
+                             "one conversation; pass a file with one record (or its messages "
+                             "list), or score them all with `loglik score FILE`",
+                             source=source, field="--messages") from None
         raise InputError(f"the messages are not valid JSON ({exc.msg}, line {exc.lineno})",
                          source=source, field="--messages") from None
     if isinstance(data, dict) and "messages" in data:

@@ -131,10 +131,16 @@ def check_kv_cache(scorer: Scorer, encoded: Sequence[Encoded], *,
             pos = max(range(len(full)), key=lambda t: abs(full[t] - inc[t]))
             worst_token, where = d_tok, {"example": i, "position": pos + 1}
         worst_seq = max(worst_seq, d_seq)
+    return _kv_result("full forward vs KV-cache decoding", len(encoded), worst_token,
+                      worst_seq, tol, where)
+
+
+def _kv_result(what: str, n: int, worst_token: float, worst_seq: float, tol: float,
+               where: dict[str, int] | None) -> CheckResult:
+    """The ``kv_cache`` check's verdict from its largest per-token and per-sequence gaps."""
     ok = worst_seq <= tol and worst_token <= tol
-    summary = (f"full forward vs KV-cache decoding over {len(encoded)} example(s): max "
-               f"difference {worst_token:.3g} nats per token, {worst_seq:.3g} per sequence "
-               f"(tolerance {tol:g})")
+    summary = (f"{what} over {n} example(s): max difference {worst_token:.3g} nats per "
+               f"token, {worst_seq:.3g} per sequence (tolerance {tol:g})")
     return CheckResult("kv_cache", "pass" if ok else "fail", summary,
                        {"max_abs_diff_token": worst_token, "max_abs_diff_sequence": worst_seq,
                         "tolerance": tol, "worst": where})
@@ -158,13 +164,8 @@ def _check_kv_cache_seq2seq(scorer: Scorer, encoded: Sequence[Encoded], *,
             pos = max(range(len(full)), key=lambda t: abs(full[t] - inc[t]))
             worst_token, where = d_tok, {"example": i, "position": pos}
         worst_seq = max(worst_seq, d_seq)
-    ok = worst_seq <= tol and worst_token <= tol
-    summary = (f"decoder full forward vs KV-cache decoding (encoder-decoder) over "
-               f"{len(encoded)} example(s): max difference {worst_token:.3g} nats per token, "
-               f"{worst_seq:.3g} per sequence (tolerance {tol:g})")
-    return CheckResult("kv_cache", "pass" if ok else "fail", summary,
-                       {"max_abs_diff_token": worst_token, "max_abs_diff_sequence": worst_seq,
-                        "tolerance": tol, "worst": where})
+    return _kv_result("decoder full forward vs KV-cache decoding (encoder-decoder)",
+                      len(encoded), worst_token, worst_seq, tol, where)
 
 
 # -- 2. invariance -------------------------------------------------------------------------

@@ -315,7 +315,14 @@ def explanation_table(e: Any, *, width: int, wide: bool = False) -> Fitted:
              [f"{a.token} {a.prob:.2f}" for a in r.top]] for r in e.rows]
     return fit_table(cols, rows, width=width, wide=wide, drop=("p", "entropy", "rank"),
                      title=f"{len(e.rows)} response tokens (boundary: {e.boundary})",
-                     caption=f"log Pr(response | prompt) = {e.logprob:.4f} nats")
+                     caption=f"{_explained(e)} = {e.logprob:.4f} nats")
+
+
+def _explained(e: Any) -> str:
+    """What an explanation's total is the log-probability of."""
+    if getattr(e, "messages", None) is not None:
+        return "log Pr(assistant turn | conversation before it)"
+    return "log Pr(response | prompt)"
 
 
 def print_explanation(e: Any, console: Console | None = None, *, wide: bool | None = None
