@@ -115,6 +115,6 @@ def additive_mask(ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
     Additive float masks are what both eager and SDPA attention add to their scores.
     """
-    mask = torch.zeros(ok.shape, dtype=dtype)                            # (B, T, T)
+    mask = torch.zeros(ok.shape, dtype=dtype, device=ok.device)          # (B, T, T)
     mask.masked_fill_(~ok, torch.finfo(dtype).min)
     return mask.unsqueeze(1)                                             # (B, 1, T, T)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...masks import additive_mask
 from .adapter import resolve_dtype
 
 # Config keys whose value changes the arithmetic, and the values this module implements.
@@ -254,17 +255,13 @@ def _attention_mask(mask: Any, b: int, t: int, past: int, dtype: torch.dtype,
     if isinstance(mask, dict):
         mask = mask["full_attention"]
     if mask is not None and mask.dim() == 4:
-        if mask.dtype == torch.bool:
-            return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(
-                ~mask, torch.finfo(dtype).min)
-        return mask.to(dtype)
+        return additive_mask(mask[:, 0], dtype) if mask.dtype == torch.bool else mask.to(dtype)
     q = torch.arange(past, past + t, device=device)
     k = torch.arange(past + t, device=device)
-    ok = (k[None, :] <= q[:, None]).expand(b, 1, t, past + t)           # (B, 1, T, Tk)
+    ok = (k[None, :] <= q[:, None]).expand(b, t, past + t)              # (B, T, Tk)
     if mask is not None:                                                 # (B, Tk) padding
-        ok = ok & mask.bool()[:, None, None, :]
-    return torch.zeros(ok.shape, dtype=dtype, device=device).masked_fill_(
-        ~ok, torch.finfo(dtype).min)
+        ok = ok & mask.bool()[:, None, :]
+    return additive_mask(ok, dtype)                                      # (B, 1, T, Tk)
 
 
 class CompactLlama(nn.Module):
