@@ -59,6 +59,12 @@ class TextTokenizer(Protocol):
     def __len__(self) -> int: ...
 
 
+def _adds_bos(bos_id: int | None, with_special: list[int], without: list[int]) -> bool:
+    """Does encoding with special tokens put BOS in front (a text encoded both ways)?"""
+    return (bos_id is not None and len(with_special) > len(without)
+            and with_special[0] == bos_id)
+
+
 class HFTokenizer:
     """Adapter over a Hugging Face tokenizer: batch encoding without special tokens.
 
@@ -72,13 +78,9 @@ class HFTokenizer:
         self.parse_special = parse_special
         self.bos_token_id = tokenizer.bos_token_id
         self.eos_token_id = tokenizer.eos_token_id
-        with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
-        without = tokenizer("x", add_special_tokens=False)["input_ids"]
-        self.adds_bos = (
-            self.bos_token_id is not None
-            and len(with_special) > len(without)
-            and with_special[0] == self.bos_token_id
-        )
+        self.adds_bos = _adds_bos(self.bos_token_id,
+                                  tokenizer("x", add_special_tokens=True)["input_ids"],
+                                  tokenizer("x", add_special_tokens=False)["input_ids"])
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
@@ -136,10 +138,9 @@ class FileTokenizer(HFTokenizer):
         self.parse_special = parse_special
         self.bos_token_id = backend.token_to_id(bos) if bos is not None else None
         self.eos_token_id = backend.token_to_id(eos) if eos is not None else None
-        with_special = backend.encode("x", add_special_tokens=True).ids
-        without = backend.encode("x", add_special_tokens=False).ids
-        self.adds_bos = (self.bos_token_id is not None and len(with_special) > len(without)
-                         and with_special[0] == self.bos_token_id)
+        self.adds_bos = _adds_bos(self.bos_token_id,
+                                  backend.encode("x", add_special_tokens=True).ids,
+                                  backend.encode("x", add_special_tokens=False).ids)
 
     @property
     def hf(self) -> Any:   # type: ignore[override]
