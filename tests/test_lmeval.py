@@ -505,3 +505,22 @@ def test_cli_eval_then_compare_runs(tiny_model_dir, task_dir, tmp_path):
                             str(tmp_path / "b")], capture_output=True, text=True, env=env,
                            timeout=120)
     assert table.returncode == 0 and "paired differences" in table.stdout
+
+
+def test_pretrained_dtype_follows_the_device(monkeypatch):
+    """Unset dtype reaches Scorer.from_pretrained as None (bf16 on CUDA, fp32 on CPU), as
+    every other loglik entry point; a given one is passed through."""
+    from loglik import Scorer
+    from loglik.lmeval import LoglikLM
+
+    seen = []
+
+    def fake(model, **kw):
+        seen.append(kw)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(Scorer, "from_pretrained", staticmethod(fake))
+    for args in ({}, {"dtype": "float16"}):
+        with pytest.raises(RuntimeError, match="stop"):
+            LoglikLM(pretrained="some/model", device="cpu", **args)
+    assert [k["dtype"] for k in seen] == [None, "float16"]

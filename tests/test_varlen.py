@@ -60,7 +60,7 @@ def test_varlen_matches_float64_reference_without_a_dense_mask(torch_threads, mo
     backend = HFBackend(model, varlen=True)
     assert backend.varlen and model.config._attn_implementation == vl.NAME
     calls = {"segments": 0, "dense": 0}
-    loop, dense = vl._segment_loop, packed_mod.attention_masks
+    loop, dense = vl.segment_attention, packed_mod.attention_masks
 
     def counting_loop(*a, **k):
         calls["segments"] += 1
@@ -70,7 +70,7 @@ def test_varlen_matches_float64_reference_without_a_dense_mask(torch_threads, mo
         calls["dense"] += 1
         return dense(*a, **k)
 
-    monkeypatch.setattr(vl, "_segment_loop", counting_loop)
+    monkeypatch.setattr(vl, "segment_attention", counting_loop)
     monkeypatch.setattr(packed_mod, "attention_masks", counting_dense)
     requests = _requests(0, 20)
     got = _score_packed(backend, requests)
@@ -79,13 +79,49 @@ def test_varlen_matches_float64_reference_without_a_dense_mask(torch_threads, mo
         assert sum(got[i].logprobs) == pytest.approx(_reference(model, r), abs=1e-4)
 
 
-def test_shared_contexts_keep_the_tree_mask_and_stay_exact(torch_threads):
-    model = tiny_model("llama", VOCAB, scale=10.0, seed=4)
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_shared_contexts_take_their_tree_block_and_stay_exact(torch_threads, monkeypatch,
+                                                              family):
+    model = tiny_model(family, VOCAB, scale=10.0, seed=4)
     backend = HFBackend(model, varlen=True)
-    requests = _requests(1, 4, shared=True) + _requests(2, 3)
+    assert backend.varlen
+    monkeypatch.setattr(packed_mod, "attention_masks", None)          # no dense mask built
+    monkeypatch.setattr(backend, "kv_sharing", False)                  # tree rows, not KV reuse
+    requests = _requests(1, 4, shared=True) + _requests(2, 3) + _requests(3, 3, shared=True)
     got = _score_packed(backend, requests)
     for i, r in enumerate(requests):
         assert sum(got[i].logprobs) == pytest.approx(_reference(model, r), abs=1e-4)
+
+
+def test_segment_plan_tree_blocks_and_padding():
+    # row 0: a tree unit (context 3, branches of 2 and 1 targets[:-1] tokens) + a plain unit;
+    # row 1: a plain unit and padding
+    rows = [(Unit((1, 2, 3), (0, 1), (1, 1)), Unit((4, 5), (2,), (1,))), (Unit((6,), (3,), (1,)),)]
+    layout = layout_rows(rows, [(7, 8, 9), (9, 9), (5, 5), (3, 3)], width=10)
+    plan = vl.segment_plan(layout, torch.float32)
+    assert [(g.row, g.start, g.end, g.mask is None) for g in plan.segments] == [
+        (0, 0, 6, False), (0, 6, 9, True), (1, 0, 2, True)]
+    assert not plan.all_plain
+    ok = plan.segments[0].mask[0, 0] == 0                                # (6, 6) allowed
+    # context causal; branch 0 (cols 3-4) sees the context and itself; branch 1 (col 5)
+    # sees the context and itself, not branch 0
+    expected = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
+                             [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 1]],
+                            dtype=torch.bool)
+    assert torch.equal(ok, expected)
+
+
+def test_compact_module_takes_segments(torch_threads, tmp_path):
+    from loglik.backends.hf.compact import load_compact
+
+    tiny_model("llama", VOCAB, scale=10.0, seed=8).save_pretrained(tmp_path)
+    compact = load_compact(str(tmp_path))
+    backend = HFBackend(compact, varlen=True)
+    assert backend.varlen
+    requests = _requests(4, 4, shared=True) + _requests(5, 5)
+    got = _score_packed(backend, requests)
+    for i, r in enumerate(requests):
+        assert sum(got[i].logprobs) == pytest.approx(_reference(compact, r), abs=1e-4)
 
 
 def test_off_by_default_on_cpu_and_for_sliding_windows(torch_threads):
@@ -132,6 +168,10 @@ def test_cuda_varlen_kernel_matches_segment_loop():
     v = torch.randn(32, 2, 16, device="cuda", dtype=torch.bfloat16)
     ref = vl._segment_loop(q.float(), k.float(), v.float(), cu, None)
     qb, kb, vb = (x.transpose(0, 1).reshape(1, x.shape[1], 32, 16) for x in (q, k, v))
-    out, _ = vl.varlen_attention(torch.nn.Module(), qb, kb, vb, None, cu_seq_lens_q=cu,
-                                 max_length_q=19)                              # (1, 32, Hq, D)
+    bounds = cu.tolist()
+    plan = vl.SegmentPlan(tuple(vl.Segment(0, s, e) for s, e in zip(bounds[:-1], bounds[1:])),
+                          cu, 19, True)
+    out = vl.attend(qb, kb, vb, plan, None)                                  # (1, 32, Hq, D)
     torch.testing.assert_close(out[0].float(), ref, atol=2e-2, rtol=2e-2)
+    loop = vl.segment_attention(qb.float(), kb.float(), vb.float(), plan, None)
+    torch.testing.assert_close(loop[0], ref, atol=1e-5, rtol=1e-5)

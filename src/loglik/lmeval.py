@@ -89,7 +89,8 @@ class LoglikLM(LM):
         pretrained: model folder or hub id, loaded with :meth:`Scorer.from_pretrained`.
         batch_tokens: padded tokens per forward pass (loglik's budget; lm-eval's
             ``batch_size`` is accepted and ignored).
-        dtype, device, revision, trust_remote_code, threads: as ``Scorer.from_pretrained``.
+        dtype, device, revision, trust_remote_code, threads: as ``Scorer.from_pretrained``
+            (``dtype`` unset: bfloat16 on CUDA, float32 elsewhere).
         max_length: the context in tokens (default: the model's).
         bos: loglik's BOS policy (``auto`` follows the tokenizer, as lm-eval's ``hf`` does).
         truncate: ``left`` (default, as lm-eval) or ``error`` for over-long requests.
@@ -102,7 +103,7 @@ class LoglikLM(LM):
     """
 
     def __init__(self, scorer: Any = None, *, pretrained: str | None = None,
-                 batch_tokens: int | str | None = None, dtype: str = "float32",
+                 batch_tokens: int | str | None = None, dtype: str | None = None,
                  device: str | None = None, revision: str | None = None,
                  trust_remote_code: bool | str = False, threads: int | str | None = None,
                  max_length: int | str | None = None, bos: str = "auto",

@@ -10,7 +10,7 @@ silently wrong:
 * right-padded rows without an attention mask (``unmasked_padding``);
 * packed and tree rows with a custom 4D mask (``packing``, :mod:`.packed`);
 * shared contexts by KV reuse (``kv_sharing``, :mod:`.kv`);
-* packed rows as variable-length segments, no dense mask (``varlen``, :mod:`.varlen`; on
+* packed rows one unit (segment) at a time, no dense mask (``varlen``, :mod:`.varlen`; on
   CUDA by default).
 
 On CUDA the output head's chunks are sized to the free GPU memory (:func:`head_chunk_rows`).
@@ -66,8 +66,9 @@ class HFBackend:
         verdicts: the self-checks' results from an earlier build of the same model
             (:mod:`.verdicts`; keys ``fast``, ``unmasked_padding``, ``packing``,
             ``kv_sharing``); None runs the checks.
-        varlen: packed rows without shared contexts as variable-length attention segments
-            (:mod:`.varlen`): None = on CUDA only, True = also elsewhere (tests), False = off.
+        varlen: packed rows attend one unit (segment) at a time, without the dense (B, 1, T,
+            T) mask (:mod:`.varlen`): None = on CUDA only (on this CPU the planner's rows hold
+            one or two units, so it measured no faster), True = also elsewhere, False = off.
             Switches the model's attention implementation; checked like the other paths.
     """
 
@@ -93,9 +94,7 @@ class HFBackend:
             self._run_self_checks()
         if varlen is None:
             varlen = self.device.type == "cuda"
-        # varlen swaps a transformers model's attention function; loglik's own module has none
-        self.varlen = bool(varlen and self.packing and not self.adapter.compact
-                           and varlen_self_check(self.adapter))
+        self.varlen = bool(varlen and self.packing and varlen_self_check(self.adapter))
         caps = {DISTRIBUTIONS} if self.adapter.compact else {DISTRIBUTIONS, TORCH_MODEL}
         if self.packing:
             caps |= {PACKED_ROWS, SHARED_CONTEXT}

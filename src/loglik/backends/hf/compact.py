@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from ...masks import additive_mask
 from .adapter import resolve_dtype
+from .varlen import SegmentPlan, attend
 
 # Config keys whose value changes the arithmetic, and the values this module implements.
 _REQUIRED = {"model_type": "llama", "hidden_act": "silu", "attention_bias": False,
@@ -167,7 +168,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.heads * self.d, c.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+                mask: torch.Tensor | None, cache: KVCache | None,
+                segments: SegmentPlan | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, -1, self.d).transpose(1, 2)       # (B, h, T, d)
         k = self.k_proj(x).view(b, t, -1, self.d).transpose(1, 2)       # (B, kv, T, d)
@@ -177,11 +179,11 @@ class Attention(nn.Module):
         k = k * cos + _rotate_half(k) * sin
         if cache is not None:
             k, v = cache.layer(self.index).update(k, v)                  # (B, kv, Tk, d)
-        if self.kv_heads != self.heads:
-            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
-            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             scale=1.0 / math.sqrt(self.d))  # (B, h, T, d)
+        if segments is not None:                                         # packed units
+            out = attend(q, k, v, segments, 1.0 / math.sqrt(self.d))     # (B, T, h, d)
+            return self.o_proj(out.reshape(b, t, -1))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(
+            self.d), enable_gqa=self.kv_heads != self.heads)             # (B, h, T, d)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -194,8 +196,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+                mask: torch.Tensor | None, cache: KVCache | None,
+                segments: SegmentPlan | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, segments)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -226,12 +229,14 @@ class LlamaBody(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Any = None,
                 position_ids: torch.Tensor | None = None, past_key_values: KVCache | None = None,
-                use_cache: bool = False) -> Output:
+                use_cache: bool = False, loglik_segments: SegmentPlan | None = None) -> Output:
         """(B, T) ids -> (B, T, H) final hidden states (and the cache when ``use_cache``).
 
         ``attention_mask``: None (causal), (B, past + T) 0/1 key padding (causal applied), or
         an additive (B, 1, T, past + T) mask used as given (``{layer type: mask}`` dicts
-        take their ``full_attention`` entry: every layer of this model is full attention)."""
+        take their ``full_attention`` entry: every layer of this model is full attention).
+        ``loglik_segments``: packed units attend within themselves (:mod:`.varlen`; the
+        mask is then not used)."""
         b, t = input_ids.shape
         cache = (past_key_values if past_key_values is not None else KVCache()) \
             if use_cache else None
@@ -243,9 +248,10 @@ class LlamaBody(nn.Module):
         freqs = position_ids[:, :, None].float() * inv_freq               # (B, T, d/2)
         emb = torch.cat((freqs, freqs), dim=-1)                           # (B, T, d)
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-        mask = _attention_mask(attention_mask, b, t, past, x.dtype, x.device)
+        mask = (None if loglik_segments is not None
+                else _attention_mask(attention_mask, b, t, past, x.dtype, x.device))
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache)
+            x = layer(x, cos, sin, mask, cache, loglik_segments)
         return Output(last_hidden_state=self.norm(x), past_key_values=cache)
 
 
@@ -286,9 +292,10 @@ class CompactLlama(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Any = None,
                 position_ids: torch.Tensor | None = None, past_key_values: KVCache | None = None,
-                use_cache: bool = False) -> Output:
+                use_cache: bool = False, loglik_segments: SegmentPlan | None = None) -> Output:
         """(B, T) ids -> (B, T, V) logits (and the cache when ``use_cache``)."""
-        out = self.model(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        out = self.model(input_ids, attention_mask, position_ids, past_key_values, use_cache,
+                         loglik_segments)
         out.logits = self.lm_head(out.last_hidden_state)
         return out
 

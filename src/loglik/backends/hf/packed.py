@@ -70,17 +70,17 @@ def score_packed(model: ModelAdapter, batch: PackedBatch, requests: Sequence[Req
 
     ``Unit.members`` index ``requests``. Each request's log-probs equal scoring it alone
     (context + targets[:-1] in a row of its own) up to float rounding. With ``varlen`` (the
-    model switched by :func:`.varlen.enable`) a batch without shared contexts runs as
-    variable-length segments, without the (B, 1, T, T) mask.
+    model switched by :func:`.varlen.enable`) the batch runs one unit at a time inside each
+    attention call, without the (B, 1, T, T) mask.
     """
     for unit in (u for row in batch.rows for u in row):
         if not unit.context:
             raise BackendError(f"request {unit.members[0]} has no context tokens to predict from")
     layout = layout_rows(batch.rows, [r.target_ids for r in requests], batch.width)
     dev = model.device
-    if varlen and vl.plain_units(batch.rows):
+    if varlen:
         states = model.states(input_ids=layout.input_ids.to(dev),
-                              **vl.varlen_kwargs(layout, dev))            # (B, T, H|V)
+                              **vl.varlen_kwargs(layout, dev, model.dtype))   # (B, T, H|V)
     else:
         mask = mask_to(attention_masks(model.config, layout, model.dtype), dev)
         states = model.states(input_ids=layout.input_ids.to(dev), attention_mask=mask,
@@ -121,8 +121,9 @@ def packing_self_check(model: ModelAdapter) -> bool:
     return True
 
 
-# Probe for the varlen path: three plain units of different lengths in one row.
-_VARLEN_PROBE = (((0, 1, 2, 3, 4), (5, 6, 7)), ((7, 3), (1, 2, 0)), ((4, 4, 1), (2, 9)))
+# Probe for the varlen path: plain units of different lengths and a tree, in one row.
+_VARLEN_PROBE = (((0, 1, 2, 3, 4), (5, 6, 7)), ((7, 3), (1, 2, 0)), ((4, 4, 1), (2, 9)),
+                 ((0, 1, 2, 3, 4), (6, 5, 4, 3)))
 
 
 def varlen_self_check(model: ModelAdapter) -> bool:

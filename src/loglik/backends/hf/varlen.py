@@ -1,32 +1,38 @@
-"""Packed rows without a dense [T, T] mask: variable-length attention over segments.
+"""Packed rows without a dense [T, T] mask: attention one segment (unit) at a time.
 
-A packed row of plain units (one request per unit: context + targets[:-1], no shared
-context) is a run of independent causal segments. Instead of a (B, 1, T, T) block-diagonal
-mask (:mod:`.packed`), the rows are flattened to (B*T,) tokens cut at ``cu_seqlens``, and
-each segment attends causally to itself:
+A packed row is a run of independent units (:mod:`loglik.masks`): a unit's tokens attend only
+to tokens of the same unit. With a (B, 1, T, T) mask, SDPA computes every query against every
+key of the row and masks most of it away: for a 2,048-token row of six units, ~6x the
+attention work that is needed. Here each unit is a segment of the flattened (B*T,) tokens,
+cut at ``cu_seqlens``, and attends to itself only:
 
-* on CUDA in bf16/fp16: ``torch.nn.attention.varlen.varlen_attn`` (flash kernels, no mask);
-* anywhere else (CPU, fp32): one ``scaled_dot_product_attention(is_causal=True)`` per
-  segment: the same arithmetic, used by the tests and the benchmark's dry run.
+* a plain unit (one request: context + targets[:-1]) is causal: on CUDA in bf16/fp16 all
+  plain segments of a batch go through ``torch.nn.attention.varlen.varlen_attn`` (flash
+  kernels, no mask); elsewhere one ``scaled_dot_product_attention(is_causal=True)`` each;
+* a shared-context unit (a tree: the context, then branches that see the context and
+  themselves) takes its own (L, L) block of the tree mask, one SDPA call per unit;
+* padding is not computed (its outputs are never read).
 
 The plain equivalent is each request forwarded alone; :func:`varlen_self_check` compares
 the two when the path is switched on. It is wired into ``transformers`` as an attention
 implementation, ``"loglik_varlen"`` (:func:`enable`), registered beside ``sdpa``: a call
-without ``cu_seq_lens_q`` (plain rows, tree rows, KV reuse) is exactly SDPA with SDPA's
-masks, so only the packed call changes. Models with sliding windows, soft-capped attention
-or a non-SDPA attention keep the dense mask. It is on by default on CUDA only
-(``HFBackend(varlen=None)``); ``varlen=True`` forces it (CPU tests), ``False`` keeps it off.
+without ``loglik_segments`` (plain rows, KV reuse) is exactly SDPA with SDPA's masks, so only
+the packed call changes; loglik's own Llama module (:mod:`.compact`) reads the same argument.
+Models with sliding windows, soft-capped attention or a non-SDPA attention keep the dense
+mask. ``HFBackend(varlen=None)`` switches it on wherever the self-check passes;
+``varlen=False`` keeps the dense mask.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
-from ...masks import RowLayout
+from ...masks import RowLayout, additive_mask
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +52,78 @@ def segments(layout: RowLayout) -> tuple[torch.Tensor, int]:
     return cu, int((cu[1:] - cu[:-1]).max())
 
 
-def plain_units(rows: Sequence[Sequence[Any]]) -> bool:
-    """True when no unit of the rows shares its context (tree rows need the dense mask)."""
-    return all(len(unit.members) == 1 for row in rows for unit in row)
+@dataclass(frozen=True)
+class Segment:
+    """One unit of a packed batch: row ``row``, columns ``start:end``; ``mask`` is its
+    additive (1, 1, L, L) block of the tree mask, None for a plain (causal) unit."""
+
+    row: int
+    start: int
+    end: int
+    mask: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """The segments of a packed batch, computed once per forward and used by every layer."""
+
+    segments: tuple[Segment, ...]
+    cu_seqlens: torch.Tensor     # (S+1,) int32 over the flattened (B*T,) tokens, padding too
+    longest: int
+    all_plain: bool              # no unit shares its context: the flash varlen kernel applies
+
+
+def segment_plan(layout: RowLayout, dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> SegmentPlan:
+    """The :class:`SegmentPlan` of a laid-out packed batch; masks in ``dtype`` on ``device``."""
+    cu, longest = segments(layout)
+    t = layout.unit_ids.shape[1]
+    units = layout.unit_ids.flatten().tolist()
+    branches = layout.branch_ids.flatten()
+    out = []
+    bounds = cu.tolist()
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        if units[s] < 0:
+            continue                                                   # padding
+        br = branches[s:e]
+        mask = None
+        if int(br.max()) > 0:                                          # more than one branch
+            key = br.unsqueeze(0)                                      # (1, L)
+            causal = torch.ones(e - s, e - s, dtype=torch.bool).tril()  # (L, L)
+            ok = causal & ((key == -1) | (key == br.unsqueeze(1)))      # (L, L)
+            mask = additive_mask(ok.unsqueeze(0), dtype).to(device)     # (1, 1, L, L)
+        out.append(Segment(s // t, s % t, s % t + (e - s), mask))
+    return SegmentPlan(tuple(out), cu, longest, all(g.mask is None for g in out))
+
+
+def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      plan: SegmentPlan, scaling: float | None = None) -> torch.Tensor:
+    """(B, Hq, T, D) q, (B, Hkv, T, D) k/v -> (B, T, Hq, D): SDPA within each segment.
+
+    Padding positions come out zero (nothing reads them)."""
+    b, hq, t, d = query.shape
+    gqa = key.shape[1] != hq
+    out = query.new_zeros(b, t, hq, value.shape[-1])                    # (B, T, Hq, D)
+    for g in plan.segments:
+        cols = slice(g.start, g.end)
+        o = F.scaled_dot_product_attention(
+            query[g.row:g.row + 1, :, cols], key[g.row:g.row + 1, :, cols],
+            value[g.row:g.row + 1, :, cols], attn_mask=g.mask, is_causal=g.mask is None,
+            scale=scaling, enable_gqa=gqa)                              # (1, Hq, L, D)
+        out[g.row, cols] = o[0].transpose(0, 1)
+    return out
 
 
 def _segment_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
                   scaling: float | None) -> torch.Tensor:
-    """(N, H, D) causal attention per segment with SDPA: the reference and CPU path."""
+    """(N, H, D) causal attention per segment with SDPA: the CUDA kernel's reference."""
     out = torch.empty_like(q)                                            # (N, Hq, D)
-    rep = q.shape[1] // k.shape[1]
+    gqa = q.shape[1] != k.shape[1]
     bounds = cu.tolist()
     for s, e in zip(bounds[:-1], bounds[1:]):
-        qs = q[s:e].transpose(0, 1).unsqueeze(0)                         # (1, Hq, L, D)
-        ks = k[s:e].transpose(0, 1).repeat_interleave(rep, 0).unsqueeze(0)   # (1, Hq, L, D)
-        vs = v[s:e].transpose(0, 1).repeat_interleave(rep, 0).unsqueeze(0)   # (1, Hq, L, D)
-        o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True,
-                                                             scale=scaling)
+        qs, ks, vs = (x[s:e].transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # (1, H, L, D)
+        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scaling,
+                                           enable_gqa=gqa)
         out[s:e] = o[0].transpose(0, 1)                                  # (L, Hq, D)
     return out
 
@@ -72,28 +133,34 @@ def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
                      scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """``transformers`` attention function: (B, H, T, D) q/k/v -> ((B, T, H, D), None).
 
-    With ``cu_seq_lens_q`` in ``kwargs`` (and no cache: keys as long as queries), causal
-    attention inside each segment; otherwise SDPA as ``attn_implementation="sdpa"``."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    With ``loglik_segments`` (a :class:`SegmentPlan`) in ``kwargs`` and no cache (keys as
+    long as queries), attention within each segment; otherwise SDPA as
+    ``attn_implementation="sdpa"``."""
+    plan = kwargs.get("loglik_segments")
+    if plan is None or key.shape[2] != query.shape[2]:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    cu = kwargs.get("cu_seq_lens_q")
-    b, hq, t, d = query.shape
-    if cu is None or key.shape[2] != t:
+        kwargs.pop("loglik_segments", None)
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
-    q = query.transpose(1, 2).reshape(b * t, hq, d)                     # (N, Hq, D)
-    k = key.transpose(1, 2).reshape(b * t, key.shape[1], d)             # (N, Hkv, D)
-    v = value.transpose(1, 2).reshape(b * t, value.shape[1], value.shape[-1])
-    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+    return attend(query, key, value, plan, scaling), None
+
+
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: SegmentPlan,
+           scaling: float | None) -> torch.Tensor:
+    """(B, H, T, D) q/k/v -> (B, T, Hq, D) attention within ``plan``'s segments."""
+    b, hq, t, d = query.shape
+    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and plan.all_plain:
         from torch.nn.attention.varlen import varlen_attn
 
-        longest = int(kwargs["max_length_q"])
-        cu = cu.to(q.device)
-        out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling,
+        q = query.transpose(1, 2).reshape(b * t, hq, d)                 # (N, Hq, D)
+        k = key.transpose(1, 2).reshape(b * t, key.shape[1], d)         # (N, Hkv, D)
+        v = value.transpose(1, 2).reshape(b * t, value.shape[1], value.shape[-1])
+        cu = plan.cu_seqlens.to(q.device)
+        out = varlen_attn(q, k, v, cu, cu, plan.longest, plan.longest, scale=scaling,
                           window_size=(-1, 0), enable_gqa=k.shape[1] != hq)    # (N, Hq, D)
-    else:
-        out = _segment_loop(q, k, v, cu, scaling)
-    return out.reshape(b, t, hq, -1), None
+        return out.reshape(b, t, hq, -1)
+    return segment_attention(query, key, value, plan, scaling)
 
 
 def supported(config: Any) -> str | None:
@@ -109,7 +176,10 @@ def supported(config: Any) -> str | None:
 
 
 def enable(model: Any) -> None:
-    """Register ``"loglik_varlen"`` with ``transformers`` and switch ``model`` to it."""
+    """Register ``"loglik_varlen"`` with ``transformers`` and switch ``model`` to it (loglik's
+    own module needs nothing: it reads ``loglik_segments`` itself)."""
+    if getattr(model, "is_compact", False):
+        return
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -120,14 +190,15 @@ def enable(model: Any) -> None:
 
 def disable(model: Any) -> None:
     """Back to SDPA (after a failed self-check)."""
+    if getattr(model, "is_compact", False):
+        return
     model.set_attn_implementation("sdpa")
 
 
-def varlen_kwargs(layout: RowLayout, device: torch.device) -> dict[str, Any]:
-    """The forward's arguments for a packed batch on the varlen path: an all-ones 2D mask
-    (so ``transformers`` builds no 4D mask and detects no packing), positions and segments."""
-    cu, longest = segments(layout)
+def varlen_kwargs(layout: RowLayout, device: torch.device, dtype: torch.dtype
+                  ) -> dict[str, Any]:
+    """The forward's arguments for a packed batch on the segment path: an all-ones 2D mask
+    (so ``transformers`` builds no 4D mask), positions and the :class:`SegmentPlan`."""
     return {"attention_mask": torch.ones_like(layout.input_ids).to(device),
             "position_ids": layout.position_ids.to(device),
-            "cu_seq_lens_q": cu.to(device), "cu_seq_lens_k": cu.to(device),
-            "max_length_q": longest, "max_length_k": longest}
+            "loglik_segments": segment_plan(layout, dtype, device)}
