@@ -124,9 +124,11 @@ def evaluate(model: Any, tokenizer: Any, encoded: list[Encoded], encode: Any,
     from .metrics import corpus_stats
     from .scorer import Scorer
 
-    scorer = Scorer.from_hf(model, tokenizer, bos=encode.bos, score_eos=encode.score_eos,
-                            whitespace=encode.whitespace, truncate=encode.truncate,
-                            batch_tokens=batch_tokens)
+    make = (Scorer.from_seq2seq if getattr(model.config, "is_encoder_decoder", False)
+            else Scorer.from_hf)
+    scorer = make(model, tokenizer, bos=encode.bos, score_eos=encode.score_eos,
+                  whitespace=encode.whitespace, truncate=encode.truncate,
+                  batch_tokens=batch_tokens)
     stats = corpus_stats(scorer.score_encoded(encoded))
     return {"logprob": stats.total_logprob, "num_examples": stats.num_examples,
             "num_tokens": stats.num_tokens, "logprob_per_token": stats.logprob_per_token,

@@ -102,10 +102,15 @@ def run_epoch(run: Run, rec: Recorder, epoch: int, *, eval_data: Any, autocast: 
 
 
 def collate(run: Run, examples: list[Encoded]) -> dict[str, Any]:
-    """A micro-batch as the objective takes it: packed rows, or right-padded rows."""
-    from .objective import collate as padded
+    """A micro-batch as the objective takes it: packed rows, right-padded rows, or an
+    encoder-decoder batch (prompt to the encoder, response to the decoder)."""
+    from .objective import collate as padded, collate_seq2seq
     from .train_packing import collate_packed
 
+    if run.seq2seq:
+        config = run.lm.config
+        pad = config.pad_token_id if config.pad_token_id is not None else 0
+        return collate_seq2seq(examples, start_id=config.decoder_start_token_id, pad_id=pad)
     return collate_packed(examples) if run.packed else padded(examples)
 
 

@@ -120,6 +120,10 @@ class Run:
     def total_steps(self) -> int:
         return self.epoch_starts[-1]
 
+    @property
+    def seq2seq(self) -> bool:
+        return is_seq2seq(self.lm)
+
 
 def prepare(data: str, *, model: Any, output_dir: str, eval_data: str | None,
             tokenizer: Any, text_field: str | None, block_size: int | None, fields: Fields,
@@ -129,8 +133,6 @@ def prepare(data: str, *, model: Any, output_dir: str, eval_data: str | None,
     """Everything before the first step (module docstring); ``encode``: EncodeOptions."""
     import torch
 
-    from .backends.hf import context_length
-    from .tokenize import Encoder
     from .train_data import (PLAN_VERSION, auto_batch_size, load_examples, plan_epoch,
                              plan_line, plan_record, steps_of)
     from .train_dist import barrier, broadcast_weights, init_processes
@@ -173,7 +175,7 @@ def prepare(data: str, *, model: Any, output_dir: str, eval_data: str | None,
     broadcast_weights(net, procs)
     if procs.world > 1:         # same weights everywhere, a dropout stream per process
         torch.manual_seed(opts.seed + procs.rank)
-    encoder = Encoder(tok, encode, max_length=context_length(lm.config))
+    encoder = _encoder(lm, tok, encode, data, text_field)
     read = dict(text_field=text_field, fields=fields, fmt=format, block_size=block_size)
     train_set = _nonempty(load_examples(data, encoder, **read), data)
     eval_set = (_nonempty(load_examples(eval_data, encoder, **read), eval_data)
@@ -183,6 +185,11 @@ def prepare(data: str, *, model: Any, output_dir: str, eval_data: str | None,
     plan_version = state.get("plan_version", 1) if state is not None else PLAN_VERSION
     if state is not None:
         packed = bool(state.get("packed", False))
+    elif is_seq2seq(lm):
+        packed = False
+        if opts.pack and state is None:
+            say("note: an encoder-decoder model trains on padded rows (packing is for causal "
+                "models)")
     else:
         packed = opts.pack and packing_trains(lm)
     batch_size = opts.batch_size or auto_batch_size(len(train_set), grad_accum=opts.grad_accum,
@@ -232,6 +239,28 @@ def prepare(data: str, *, model: Any, output_dir: str, eval_data: str | None,
         run.step, run.epochs_done = state["step"], state["epochs_done"]
         run.log_lines = state["log_lines"]
     return run
+
+
+def is_seq2seq(model: Any) -> bool:
+    """An encoder-decoder model (T5, BART): its config says ``is_encoder_decoder``."""
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def _encoder(lm: Any, tok: Any, encode: Any, data: str, text_field: str | None) -> Any:
+    """The scorer's encoder for this model: prompt/boundary rules, context length."""
+    from .backends.hf import context_length
+    from .tokenize import Encoder
+    from .tokenize_seq2seq import Seq2SeqEncoder
+    from .train_data import is_text_input
+
+    if not is_seq2seq(lm):
+        return Encoder(tok, encode, max_length=context_length(lm.config))
+    if is_text_input(data, text_field):
+        raise ConfigError(f"{data}: plain text (a .txt file or --text-field) pre-trains a "
+                          "causal model; an encoder-decoder model trains on prompt/response "
+                          "records (the prompt to the encoder, the response to the decoder)")
+    # each side reads at most max_position_embeddings (None for T5's relative positions)
+    return Seq2SeqEncoder(tok, encode, getattr(lm.config, "max_position_embeddings", None))
 
 
 def lr_factor(step: int, warmup: float, total: int, min_ratio: float) -> float:
