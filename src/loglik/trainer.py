@@ -1,4 +1,7 @@
-"""``loglik.train``: fine-tune or pre-train a causal LM by maximising sum log Pr(y | x).
+"""``loglik.train``: fine-tune or pre-train a causal LM by maximising sum log Pr(y | x), or
+fine-tune an encoder-decoder LM (T5, BART: the prompt through the encoder with the
+tokenizer's own special tokens, the response as the decoder's labels after its start token,
+padded rows; :func:`loglik.objective.collate_seq2seq`) on prompt/response records.
 
 Read it top to bottom (no callbacks): load the model (with LoRA adapters if asked) and data,
 plan the epochs, then per optimiser step take ``grad_accum`` micro-batches (packed rows when
