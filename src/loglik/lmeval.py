@@ -27,8 +27,8 @@ What each request type does:
   Needs a backend with the ``torch_model`` capability (the HF backend).
 
 Encoder-decoder models (T5, BART): ``loglikelihood`` scores the continuation through the
-decoder given the context in the encoder (:mod:`loglik.tokenize_seq2seq`; lm-eval's ``hf``
-model instead tokenizes the continuation with special tokens, so it scores EOS too);
+decoder given the context in the encoder (:mod:`loglik.tokenize_seq2seq`; the continuation
+without special tokens, so no EOS, as lm-eval's ``hf`` model tokenizes it);
 ``generate_until`` generates the decoder's target from the context in the encoder;
 ``loglikelihood_rolling`` is refused (a lone text has no log-probability under such a model).
 
