@@ -94,8 +94,11 @@ def _read_shard(item: dict[str, Any], *, fields: Fields, fmt: str | None
     path = item["path"]
     for row, (line, record) in enumerate(iter_records(path, fmt)):
         ex = record_to_example(record, fields, source=path, line=line)
+        # a conversation or token ids travel as JSON beside the text (one column type)
+        given = {k: getattr(ex, k) for k in ("messages", "prompt_ids", "response_ids")
+                 if getattr(ex, k) is not None}
         yield {"shard": item["shard"], "row": row, "line": line, "prompt": ex.prompt,
-               "response": ex.response, "id": json.dumps(ex.id)}
+               "response": ex.response, "id": json.dumps(ex.id), "given": json.dumps(given)}
 
 
 class _ScoreActor:
@@ -115,7 +118,9 @@ class _ScoreActor:
 
         rows = batch.to_pylist()
         examples = [Example(r["prompt"], r["response"], id=json.loads(r["id"]),
-                            source=self.sources[r["shard"]], line=r["line"]) for r in rows]
+                            source=self.sources[r["shard"]], line=r["line"],
+                            **{k: tuple(v) for k, v in json.loads(r["given"]).items()})
+                    for r in rows]
         scores = self.scorer.score_many(examples, **self.detail)
         return {"shard": [r["shard"] for r in rows], "row": [r["row"] for r in rows],
                 "record": [json.dumps(s.to_record(), allow_nan=True) for s in scores],

@@ -26,6 +26,12 @@ What each request type does:
   stop strings from ``until`` plus EOS, requests sorted by length and batched (left padded).
   Needs a backend with the ``torch_model`` capability (the HF backend).
 
+Encoder-decoder models (T5, BART): ``loglikelihood`` scores the continuation through the
+decoder given the context in the encoder (:mod:`loglik.tokenize_seq2seq`; the continuation
+without special tokens, so no EOS, as lm-eval's ``hf`` model tokenizes it);
+``generate_until`` generates the decoder's target from the context in the encoder;
+``loglikelihood_rolling`` is refused (a lone text has no log-probability under such a model).
+
 Agreement with lm-eval's ``hf`` model (tested in tests/test_lmeval.py): the same context
 tokens (BOS when the tokenizer adds it, trailing context whitespace moved to the
 continuation, BOS else EOS before an empty context) and so the same numbers within 1e-4
@@ -208,6 +214,10 @@ class LoglikLM(LM):
         texts = [r.args[0] for r in requests]
         if not texts:
             return []
+        if getattr(self.scorer.backend, "is_encoder_decoder", False):
+            from .longtext import TEXT_SEQ2SEQ
+
+            raise ConfigError(f"loglikelihood_rolling tasks: {TEXT_SEQ2SEQ}")
         if self.stride is not None:
             from .longtext import iter_text_scores
 

@@ -67,22 +67,39 @@ def generate_all(lm: LoglikLM, args: Sequence[tuple[str, dict[str, Any]]]) -> li
         if limit is not None and max_gen >= limit:
             raise ConfigError(f"max_gen_toks {max_gen} must be less than the model's context "
                               f"{limit}")
-        ids = prompt_ids(lm, [args[i][0] for i in members], limit - max_gen if limit else None)
+        contexts = [args[i][0] for i in members]
+        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        # an encoder-decoder model reads the prompt in its encoder: the whole context is its
+        # own, the generated tokens go to the decoder
+        ids = (encoder_ids(lm, contexts, limit) if seq2seq
+               else prompt_ids(lm, contexts, limit - max_gen if limit else None))
         order = sorted(range(len(members)), key=lambda k: -len(ids[k]))
         start = 0
         while start < len(order):
             rows = max(1, lm.scorer.batch_tokens // (len(ids[order[start]]) + max_gen))
             batch = order[start:start + rows]
             start += len(batch)
-            texts = _generate(model, tok, [ids[k] for k in batch], until, max_gen, kwargs)
+            texts = _generate(model, tok, [ids[k] for k in batch], until, max_gen, kwargs,
+                              seq2seq=seq2seq)
             for k, text in zip(batch, texts):
                 results[members[k]] = text
     return results  # type: ignore[return-value]
 
 
+def encoder_ids(lm: LoglikLM, contexts: Sequence[str], room: int | None) -> list[list[int]]:
+    """An encoder-decoder model's encoder input per prompt: with the tokenizer's own special
+    tokens, as the scorer encodes a prompt (:mod:`loglik.tokenize_seq2seq`); at most ``room``
+    kept from the right."""
+    from .types import Example
+
+    encoded = lm.scorer.encoder.encode_many([Example(c, "") for c in contexts])
+    return [list(e.context_ids)[-room:] if room else list(e.context_ids) for e in encoded]
+
+
 def _generate(model: Any, tok: Any, rows: list[list[int]], until: list[str], max_gen: int,
-              kwargs: dict[str, Any]) -> list[str]:
-    """Left-padded batch generation; the new tokens decoded and cut at the stop strings."""
+              kwargs: dict[str, Any], *, seq2seq: bool = False) -> list[str]:
+    """Left-padded batch generation; the new tokens decoded and cut at the stop strings
+    (an encoder-decoder model's output: its decoder tokens after the start token)."""
     import torch
 
     width = max(len(r) for r in rows)
@@ -100,7 +117,7 @@ def _generate(model: Any, tok: Any, rows: list[list[int]], until: list[str], max
                              pad_token_id=pad, stop_strings=stops or None,
                              tokenizer=tok if stops else None, **options)   # (B, T + new)
     texts = []
-    for row in out[:, width:].tolist():
+    for row in (out[:, 1:] if seq2seq else out[:, width:]).tolist():
         text = tok.decode(row, skip_special_tokens=True)
         for s in stops:
             text = text.split(s)[0]

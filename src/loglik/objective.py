@@ -13,6 +13,12 @@ Batch format (the Hugging Face convention, so it plugs into ``transformers.Train
     labels          (B, T)  the response tokens where they sit, -100 elsewhere
                             (context, BOS, padding); position t predicts labels[t+1]
 
+An encoder-decoder batch (:func:`collate_seq2seq`: T5, BART) has the prompt as
+``input_ids`` / ``attention_mask`` (the encoder's input, special tokens included) and the
+response as ``decoder_input_ids`` (``[decoder_start] + y[:-1]``), ``decoder_attention_mask``
+and ``labels`` (``y``, -100 at padding): there position t predicts ``labels[t]``, no shift.
+Its loss is computed from the model's own logits, (B, T, V) at once (no fused head yet).
+
 A packed batch (:func:`loglik.train_packing.collate_packed`: several examples per row,
 ``position_ids`` restarting per example and ``sequence_ids`` for the block-diagonal mask)
 gives the same loss and gradients as the padded one.
@@ -82,6 +88,40 @@ def collate(encoded: Sequence[Any], *, pad_id: int = 0) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def collate_seq2seq(encoded: Sequence[Any], *, start_id: int,
+                    pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded encoder-decoder batch (T5, BART) from the records of
+    :class:`loglik.tokenize_seq2seq.Seq2SeqEncoder`: context to the encoder, response to the
+    decoder after ``start_id`` (the config's ``decoder_start_token_id``), as
+    :class:`loglik.backends.seq2seq.Seq2SeqBackend` scores them.
+
+    >>> from loglik.types import Encoded
+    >>> b = collate_seq2seq([Encoded((5, 1), (6, 7), "", "seq2seq"),
+    ...                      Encoded((8,), (9,), "", "seq2seq")], start_id=0, pad_id=0)
+    >>> b["decoder_input_ids"].tolist(), b["labels"].tolist()
+    ([[0, 6], [0, 0]], [[6, 7], [9, -100]])
+    """
+    width = max(len(e.context_ids) for e in encoded)
+    depth = max([len(e.response_ids) for e in encoded] + [1])
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)          # (B, S)
+    mask = torch.zeros(len(encoded), width, dtype=torch.long)                 # (B, S)
+    dec = torch.full((len(encoded), depth), pad_id, dtype=torch.long)          # (B, T)
+    dec_mask = torch.zeros(len(encoded), depth, dtype=torch.long)             # (B, T)
+    labels = torch.full((len(encoded), depth), IGNORE, dtype=torch.long)      # (B, T)
+    for b, e in enumerate(encoded):
+        if not e.context_ids:
+            raise ConfigError(f"example {b} of the batch has no encoder input; encode it with "
+                              "loglik.tokenize_seq2seq.Seq2SeqEncoder")
+        n, y = len(e.response_ids), list(e.response_ids)
+        ids[b, :len(e.context_ids)] = torch.tensor(list(e.context_ids))
+        mask[b, :len(e.context_ids)] = 1
+        dec[b, :max(n, 1)] = torch.tensor([start_id, *y[:-1]])                # start token
+        dec_mask[b, :max(n, 1)] = 1     # is real even when the row has nothing to score
+        labels[b, :n] = torch.tensor(y, dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec,
+            "decoder_attention_mask": dec_mask, "labels": labels}
+
+
 def conditional_nll(model: Any, batch: dict[str, torch.Tensor], *,
                     reduction: Reduction = "sum", num_items_in_batch: int | None = None,
                     chunk_size: int | None = None) -> torch.Tensor:
@@ -147,6 +187,8 @@ def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
     if reduction not in REDUCTIONS:
         raise ConfigError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     device = next(model.parameters()).device
+    if "decoder_input_ids" in batch:
+        return _seq2seq_nll(model, batch, reduction, num_items_in_batch, device)
     inputs = model_inputs(model, batch, device)   # a packed batch brings its 4D mask
     ids = inputs["input_ids"]                                              # (B, T)
     _, targets = shift(ids.unsqueeze(-1), batch["labels"].to(device))     # (B, T-1)
@@ -176,6 +218,23 @@ def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
     per_row = torch.zeros(ids.shape[0], dtype=torch.float64, device=device)
     per_row.index_add_(0, rows, token_nll.detach().double())              # (B,)
     return loss, per_row.cpu()
+
+
+def _seq2seq_nll(model: Any, batch: dict[str, torch.Tensor], reduction: str,
+                 num_items: int | None, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`response_nll` of an encoder-decoder batch, from the model's full logits."""
+    names = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")
+    labels = batch["labels"].to(device)                                    # (B, T)
+    rows, cols = (labels != IGNORE).nonzero(as_tuple=True)                 # (N,), (N,)
+    tgt = labels[rows, cols]                                               # (N,)
+    scale = _scale(reduction, rows, num_items)
+    logits = model(**{k: batch[k].to(device) for k in names}, use_cache=False).logits  # (B, T, V)
+    lg = logits[rows, cols].float()                                        # (N, V)
+    token_nll = torch.logsumexp(lg, -1) - lg.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (N,)
+    per_row = torch.zeros(labels.shape[0], dtype=torch.float64, device=device)
+    per_row.index_add_(0, rows, token_nll.detach().double())              # (B,)
+    return token_nll.sum() * scale, per_row.cpu()
 
 
 def _scale(reduction: str, rows: torch.Tensor, num_items: int | torch.Tensor | None) -> float:

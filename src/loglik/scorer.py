@@ -137,6 +137,10 @@ class Scorer:
                 s2s, tok = load_seq2seq(model, dtype=dtype, device=device,
                                         trust_remote_code=trust_remote_code,
                                         allow_pickle=allow_pickle, revision=revision)
+                if adapter is not None:   # a LoRA adapter trained on this seq2seq model
+                    from .train_lora import apply_adapter
+
+                    s2s = apply_adapter(s2s, adapter)
                 return cls.from_seq2seq(s2s, tok, chunk_size=chunk_size, max_length=max_length,
                                         **options)  # type: ignore[arg-type]
         name = model or default_model_path()

@@ -1,5 +1,8 @@
 """The model to train: a folder or hub id, a config to pre-train from, or a model object.
 
+A causal LM (``AutoModelForCausalLM``), or an encoder-decoder LM (``AutoModelForSeq2SeqLM``:
+T5, BART) where the config says ``is_encoder_decoder``; both load as the scorer loads them.
+
 Weights are loaded in fp32 (autocast gives bf16 compute); a config builds a randomly
 initialised model (from the seed set before the call) whose vocabulary must hold the
 tokenizer's.
@@ -18,9 +21,10 @@ def load_model(model: Any, *, tokenizer: Any = None, device: str = "cpu",
                trust_remote_code: bool = False, allow_pickle: bool = False,
                revision: str | None = None) -> tuple[Any, Any]:
     """A trainable fp32 model and its tokenizer, from a folder/id, a config, or objects."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     from .backends.hf import load_hf
+    from .backends.seq2seq import is_encoder_decoder
 
     tok = tokenizer
     if tok is not None and isinstance(tok, (str, os.PathLike)):
@@ -42,19 +46,23 @@ def load_model(model: Any, *, tokenizer: Any = None, device: str = "cpu",
             tok = AutoTokenizer.from_pretrained(str(config_file.parent))
         try:
             config = AutoConfig.from_pretrained(str(config_file))
-            net = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            auto = (AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False)
+                    else AutoModelForCausalLM)
+            net = auto.from_config(config, trust_remote_code=trust_remote_code)
         except Exception as exc:
-            raise ModelLoadError(f"cannot build a causal LM from the config {config_file}: "
-                                 f"{exc}") from exc
+            raise ModelLoadError(f"cannot build a language model from the config "
+                                 f"{config_file}: {exc}") from exc
         vocab = net.get_input_embeddings().weight.shape[0]
         if len(tok) > vocab:
             raise ConfigError(f"the tokenizer has {len(tok)} tokens but the config's "
                               f"vocab_size is {vocab}; set vocab_size >= {len(tok)} in "
                               f"{config_file}")
         return net.to(device), tok
+    seq2seq = is_encoder_decoder(str(model), revision=revision,
+                                 trust_remote_code=trust_remote_code)
     net, loaded_tok = load_hf(str(model), dtype="float32", device=device,
                               trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                              revision=revision)
+                              revision=revision, kind="seq2seq" if seq2seq else "causal")
     return net, tok if tok is not None else loaded_tok
 
 

@@ -74,7 +74,7 @@ class Seq2SeqBackend:
         if not getattr(config, "is_encoder_decoder", False):
             raise BackendError("Seq2SeqBackend needs an encoder-decoder model "
                                "(config.is_encoder_decoder); use the causal HF backend")
-        self.model = model
+        self.model = model.eval()   # no dropout: a model fresh from training is in train mode
         self.chunk_size = chunk_size
         self.max_length = max_length or getattr(config, "max_position_embeddings", None)
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])

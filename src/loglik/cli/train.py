@@ -9,10 +9,13 @@ from .common import add_data_options, add_encode_options
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="fine-tune or pre-train a causal LM on the conditional log-likelihood",
+        "train", help="fine-tune or pre-train a language model on the conditional "
+        "log-likelihood",
         description="Fine-tune a causal LM on prompt/response records (only response tokens "
         "are trained on), or pre-train one from a config on plain text (a .txt file with "
-        "documents separated by blank lines, or records with --text-field). After every epoch "
+        "documents separated by blank lines, or records with --text-field). An encoder-decoder "
+        "model (T5, BART) trains on prompt/response records: the prompt to the encoder, the "
+        "response to the decoder (padded rows, no packing). After every epoch "
         "the training and --eval data are scored exactly as 'loglik score' would; the results "
         "go to stderr and OUT_DIR/log.jsonl, checkpoints to OUT_DIR/checkpoints, the final "
         "model to OUT_DIR.")

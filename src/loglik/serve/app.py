@@ -61,6 +61,14 @@ class Server:
     async def completions(self, body: Any) -> dict[str, Any]:
         req = CompletionRequest.parse(body, self.config, self.vocab_size)
         self._check_model(body)
+        if getattr(self.scorer.backend, "is_encoder_decoder", False):
+            # echo scores the prompt as one token stream, each token after the ones before
+            # it; an encoder-decoder model has no such stream (two sides, no boundary)
+            raise APIError(422, f"prompt: {self.model_name} is an encoder-decoder model (T5, "
+                           "BART): /v1/completions scores and extends the prompt as one token "
+                           "stream, which such a model does not define (the prompt goes "
+                           "through the encoder, the response through the decoder); send "
+                           "prompt/response pairs to /v1/score", "prompt")
         prompts = [build_prompt(self.scorer, p) for p in req.prompts]
         total = sum(len(p.ids) + req.max_tokens for p in prompts)
         if total > self.config.max_request_tokens:
