@@ -179,7 +179,7 @@ def stage_config(work: Path, args) -> None:
 
 def _loglik_train(work: Path, args, *, data: Path, start: str, out: str, epochs: int,
                   lr: float, warmup: float, timing: str, save_every: int = 200,
-                  info: dict | None = None, seed: int | None = None) -> None:
+                  info: dict | None = None, seed: int | None = None, keep: int = 2) -> None:
     """One `loglik train` phase: WORK/start -> WORK/out, timed into WORK/timing."""
     cmd = ["loglik", "train", str(data), "--model", str(work / start), "-o", str(work / out),
            "--eval", str(HELDOUT_PAIRS), "--no-eval-train", "--epochs", str(epochs),
@@ -187,7 +187,7 @@ def _loglik_train(work: Path, args, *, data: Path, start: str, out: str, epochs:
            "--grad-accum", str(args.grad_accum), "--warmup", str(warmup),
            "--seed", str(args.seed if seed is None else seed), "--threads", str(args.threads),
            "--log-every", "10",
-           "--save-every", str(save_every), "--no-progress"]
+           "--save-every", str(save_every), "--keep-checkpoints", str(keep), "--no-progress"]
     if (work / out / "checkpoints").exists():
         cmd.append("--resume")
     print(" ".join(cmd), flush=True)
@@ -246,9 +246,78 @@ def stage_extend(work: Path, args) -> None:
                   timing="extend_time.json", seed=args.seed + 5)
 
 
+def _extra_pairs() -> tuple[list, int]:
+    """Signature -> docstring pairs of the stdlib parts the source corpus leaves out (the test
+    suite, idlelib, lib2to3, turtledemo; tests of held-out modules skipped), without any pair
+    whose prompt or docstring equals one of a held-out set (stdlib or third-party); and how
+    many were dropped for that."""
+    held = [json.loads(line) for path in (HELDOUT_PAIRS, thirdparty.PAIRS)
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    prompts, docs = {r["prompt"] for r in held}, {r["response"].strip() for r in held}
+    pairs = [p for f in corpus.iter_extra_files() for p in corpus.extract_pairs(f)]
+    kept = [p for p in pairs if p.prompt not in prompts and p.response.strip() not in docs]
+    return kept, len(pairs) - len(kept)
+
+
+def stage_retrain_data(work: Path, args) -> None:
+    """WORK/retrain.jsonl: every train pair, the extra stdlib pairs (:func:`_extra_pairs`),
+    and train-split documents sampled up to --retrain-doc-tokens (against forgetting)."""
+    tok = _tokenizer(work)
+    train, _ = _split_files()
+    pairs, _ = thirdparty.excluded([p for f in train for p in corpus.extract_pairs(f)])
+    extra, dropped = _extra_pairs()
+    docs = _documents(tok, [f.text for f in train] + corpus.prose_documents())
+    rng = random.Random(args.seed + 20)
+    rng.shuffle(docs)
+    counts = [len(ids) for ids in tok(docs, add_special_tokens=False)["input_ids"]]
+    chosen, used = [], 0
+    for d, n in zip(docs, counts):
+        if used >= args.retrain_doc_tokens:
+            break
+        chosen.append(d)
+        used += n
+    pair_rows = [{"prompt": p.prompt, "response": p.response} for p in pairs + extra]
+    pair_tokens = sum(len(ids) for ids in tok([r["prompt"] + r["response"] for r in pair_rows],
+                                               add_special_tokens=False)["input_ids"])
+    rows = pair_rows + [{"prompt": "", "response": d} for d in chosen]
+    rng.shuffle(rows)
+    _write_jsonl(work / "retrain.jsonl", rows)
+    stats = {"train_pairs": len(pairs), "extra_pairs": len(extra),
+             "extra_pairs_dropped_as_heldout": dropped,
+             "extra_pair_modules": list(corpus.EXTRA_PAIR_MODULES),
+             "pair_tokens": pair_tokens, "documents": len(chosen), "document_tokens": used}
+    (work / "retrain_stats.json").write_text(json.dumps(stats, indent=1))
+    print(f"retrain data: {json.dumps(stats)}")
+
+
+def stage_grow(work: Path, args) -> None:
+    """The trained model (the last phase that ran) grown to --grow-layers layers, each new
+    layer an exact identity at first (scripts/default_model_grow.py) -> WORK/grown."""
+    from default_model_grow import grow, max_logprob_change
+
+    src = final_dir(work)
+    out = grow(src, work / "grown", args.grow_layers)
+    held = [r["prompt"] + r["response"] for r in _read_jsonl(HELDOUT_PAIRS)[:64]]
+    out["max_logprob_change"] = max_logprob_change(src, work / "grown", held)
+    if out["max_logprob_change"] > 1e-3:
+        raise SystemExit(f"growing changed the scores by {out['max_logprob_change']} nats")
+    out["grown_from"] = src.name
+    (work / "grow.json").write_text(json.dumps(out))
+    print(f"grow: {json.dumps(out)}")
+
+
+def stage_retrain(work: Path, args) -> None:
+    """Phase 6: the grown model on WORK/retrain.jsonl (mostly pairs) -> WORK/run6."""
+    _loglik_train(work, args, data=work / "retrain.jsonl", start="grown", out="run6",
+                  epochs=args.retrain_epochs, lr=args.retrain_lr, warmup=0.03,
+                  timing="retrain_time.json", save_every=args.retrain_save_every,
+                  info=json.loads((work / "retrain_stats.json").read_text()),
+                  seed=args.seed + 6, keep=100)
+
+
 def final_dir(work: Path) -> Path:
     """The model to evaluate and ship: the last phase that ran."""
-    for run in ("run5", "run4", "run3", "run2", "run"):
+    for run in ("run6", "run5", "run4", "run3", "run2", "run"):
         if (work / run / "model.safetensors").exists():
             return work / run
     return work / "run"
@@ -339,7 +408,9 @@ def stage_ship(work: Path, args) -> None:
 
 STAGES = {"tokenizer": stage_tokenizer, "data": stage_data, "config": stage_config,
           "baselines": stage_baselines, "train": stage_train, "finetune": stage_finetune,
-          "mix": stage_mix, "polish": stage_polish, "extend": stage_extend, "eval": stage_eval,
+          "mix": stage_mix, "polish": stage_polish, "extend": stage_extend,
+          "retrain_data": stage_retrain_data, "grow": stage_grow, "retrain": stage_retrain,
+          "eval": stage_eval,
           "ship": stage_ship}
 
 
@@ -356,6 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extend-epochs", type=int, default=3, help="phase 5 epochs")
     p.add_argument("--pair-repeats", type=int, default=3,
                    help="phase 3: copies of each train pair beside the documents")
+    p.add_argument("--grow-layers", type=int, default=8,
+                   help="grow: decoder layers after growing (a multiple of the trained ones)")
+    p.add_argument("--retrain-doc-tokens", type=int, default=400_000,
+                   help="retrain_data: tokens of train-split documents beside the pairs")
+    p.add_argument("--retrain-epochs", type=int, default=2, help="phase 6 epochs")
+    p.add_argument("--retrain-lr", type=float, default=1e-3, help="phase 6 peak learning rate")
+    p.add_argument("--retrain-save-every", type=int, default=100,
+                   help="phase 6: checkpoint every N steps (the held-out figures pick one)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--grad-accum", type=int, default=1)
