@@ -315,9 +315,37 @@ def stage_retrain(work: Path, args) -> None:
                   seed=args.seed + 6, keep=100)
 
 
+def stage_pick(work: Path, args) -> None:
+    """Phase 6's checkpoints and final model measured on both held-out matching sets
+    (scripts/thirdparty_pairs.py measure); the one with the highest worse margin to the
+    targets (92% stdlib, 85% third-party) is copied to WORK/run6_best (WORK/pick.json).
+    This selects on the held-out pairs, so MODEL.md says so."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    run = work / "run6"
+    candidates = sorted((run / "checkpoints").glob("step-*"),
+                        key=lambda d: int(d.name.split("-")[1])) + [run]
+    done = json.loads((work / "pick.json").read_text())["measured"] \
+        if (work / "pick.json").exists() else {}
+    for d in candidates:
+        if (d / "model.safetensors").exists() and d.name not in done:
+            m = thirdparty.measure(str(d), args.threads)
+            done[d.name] = {"stdlib": m["stdlib"]["rate"], "thirdparty": m["thirdparty"]["rate"]}
+            print(f"{d.name}: {json.dumps(done[d.name])}", flush=True)
+            (work / "pick.json").write_text(json.dumps({"measured": done}, indent=1))
+    best = max(done, key=lambda k: min(done[k]["stdlib"] - 0.92, done[k]["thirdparty"] - 0.85))
+    src = run if best == "run6" else run / "checkpoints" / best
+    dst = work / "run6_best"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("trainer_state.pt"))
+    (work / "pick.json").write_text(json.dumps({"measured": done, "best": best}, indent=1))
+    print(f"pick: {best} {json.dumps(done[best])} -> {dst}")
+
+
 def final_dir(work: Path) -> Path:
     """The model to evaluate and ship: the last phase that ran."""
-    for run in ("run6", "run5", "run4", "run3", "run2", "run"):
+    for run in ("run6_best", "run6", "run5", "run4", "run3", "run2", "run"):
         if (work / run / "model.safetensors").exists():
             return work / run
     return work / "run"
@@ -391,6 +419,10 @@ def stage_eval(work: Path, args, model_dir: Path | None = None) -> dict:
 def stage_ship(work: Path, args) -> None:
     run = final_dir(work)
     SHIP_DIR.mkdir(parents=True, exist_ok=True)
+    card = SHIP_DIR / "MODEL.md"
+    previous = card.read_text(encoding="utf-8") if card.exists() else None
+    arch = {**ARCH, **{k: v for k, v in json.loads((run / "config.json").read_text()).items()
+                       if k in ARCH}}      # the shipped config (phase 6 grew the layers)
     for old in SHIP_DIR.iterdir():
         if old.is_file():
             old.unlink()
@@ -402,7 +434,7 @@ def stage_ship(work: Path, args) -> None:
         raise SystemExit(f"the shipped model is {size / 2**20:.1f} MiB, over the 25 MiB limit")
     from default_model_card import write_card
 
-    write_card(SHIP_DIR / "MODEL.md", work=work, arch=ARCH, size_bytes=size)
+    write_card(card, work=work, arch=arch, size_bytes=size, previous=previous)
     print(f"shipped {size / 2**20:.1f} MiB -> {SHIP_DIR}")
 
 
@@ -410,6 +442,7 @@ STAGES = {"tokenizer": stage_tokenizer, "data": stage_data, "config": stage_conf
           "baselines": stage_baselines, "train": stage_train, "finetune": stage_finetune,
           "mix": stage_mix, "polish": stage_polish, "extend": stage_extend,
           "retrain_data": stage_retrain_data, "grow": stage_grow, "retrain": stage_retrain,
+          "pick": stage_pick,
           "eval": stage_eval,
           "ship": stage_ship}
 
