@@ -287,6 +287,10 @@ def stage_retrain_data(work: Path, args) -> None:
              "extra_pair_modules": list(corpus.EXTRA_PAIR_MODULES),
              "pair_tokens": pair_tokens, "documents": len(chosen), "document_tokens": used}
     (work / "retrain_stats.json").write_text(json.dumps(stats, indent=1))
+    if not (work / "heldout_source.jsonl").exists():     # a retrain-only folder: for eval
+        _, heldout = _split_files()
+        _write_jsonl(work / "heldout_source.jsonl", ({"prompt": "", "response": d}
+                                                      for d in _documents(tok, [f.text for f in heldout])))
     print(f"retrain data: {json.dumps(stats)}")
 
 
@@ -315,9 +319,22 @@ def stage_retrain(work: Path, args) -> None:
                   seed=args.seed + 6, keep=100)
 
 
+def _both_matchings(model_dir: Path, threads: int) -> dict:
+    """Matching rates of a model folder on the stdlib and the third-party held-out pairs."""
+    import torch
+
+    from loglik import Scorer
+
+    torch.set_num_threads(threads)
+    scorer = Scorer.from_pretrained(str(model_dir))
+    return {name: ev.matching(scorer, _read_jsonl(path), seed=0)["rate"]
+            for name, path in (("stdlib", HELDOUT_PAIRS), ("thirdparty", thirdparty.PAIRS))}
+
+
 def stage_pick(work: Path, args) -> None:
     """Phase 6's checkpoints and final model measured on both held-out matching sets
-    (scripts/thirdparty_pairs.py measure); the one with the highest worse margin to the
+    (default_model_eval.matching, seed 0; each is measured once, so the stage can be run
+    again while phase 6 is still writing checkpoints); the one with the highest worse margin to the
     targets (92% stdlib, 85% third-party) is copied to WORK/run6_best (WORK/pick.json).
     This selects on the held-out pairs, so MODEL.md says so."""
     import torch
@@ -330,8 +347,7 @@ def stage_pick(work: Path, args) -> None:
         if (work / "pick.json").exists() else {}
     for d in candidates:
         if (d / "model.safetensors").exists() and d.name not in done:
-            m = thirdparty.measure(str(d), args.threads)
-            done[d.name] = {"stdlib": m["stdlib"]["rate"], "thirdparty": m["thirdparty"]["rate"]}
+            done[d.name] = _both_matchings(d, args.threads)
             print(f"{d.name}: {json.dumps(done[d.name])}", flush=True)
             (work / "pick.json").write_text(json.dumps({"measured": done}, indent=1))
     best = max(done, key=lambda k: min(done[k]["stdlib"] - 0.92, done[k]["thirdparty"] - 0.85))

@@ -234,7 +234,7 @@ Held-out source ({m['documents']} documents of the held-out modules, each scored
 |---|---|---|---|---|
 {row("this model", m)}
 {row("unigram of the train split (add-one)", g)}
-{row("same model, untrained", u)}
+{row("phase 1's initialisation, untrained", u)}
 
 Conditional matching on the {mt['pairs']} held-out pairs: log Pr(docstring | its own
 signature) > log Pr(docstring | another signature whose docstring has the same indentation)
