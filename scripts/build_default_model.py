@@ -179,7 +179,8 @@ def stage_config(work: Path, args) -> None:
 
 def _loglik_train(work: Path, args, *, data: Path, start: str, out: str, epochs: int,
                   lr: float, warmup: float, timing: str, save_every: int = 200,
-                  info: dict | None = None, seed: int | None = None, keep: int = 2) -> None:
+                  info: dict | None = None, seed: int | None = None, keep: int = 2,
+                  stop_step: int = 0) -> None:
     """One `loglik train` phase: WORK/start -> WORK/out, timed into WORK/timing."""
     cmd = ["loglik", "train", str(data), "--model", str(work / start), "-o", str(work / out),
            "--eval", str(HELDOUT_PAIRS), "--no-eval-train", "--epochs", str(epochs),
@@ -192,9 +193,27 @@ def _loglik_train(work: Path, args, *, data: Path, start: str, out: str, epochs:
         cmd.append("--resume")
     print(" ".join(cmd), flush=True)
     t0 = time.time()
-    subprocess.run(cmd, check=True)
+    if stop_step:
+        info = {**(info or {}), "stopped_at_step": stop_step}
+        _run_until_checkpoint(cmd, work / out / "checkpoints" / f"step-{stop_step:08d}")
+    else:
+        subprocess.run(cmd, check=True)
     (work / timing).write_text(json.dumps({"seconds": time.time() - t0,
                                            "command": " ".join(cmd), **(info or {})}))
+
+
+def _run_until_checkpoint(cmd: list[str], checkpoint: Path) -> None:
+    """Run ``cmd`` and stop it once ``checkpoint`` is complete (its trainer state written):
+    a phase cut short of its schedule on a slow machine, reproducibly at that step."""
+    proc = subprocess.Popen(cmd)
+    while proc.poll() is None and not (checkpoint / "trainer_state.pt").exists():
+        time.sleep(5)
+    if proc.poll() is None:
+        time.sleep(5)                     # let the checkpoint's files finish writing
+        proc.terminate()
+        proc.wait()
+    elif proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
 
 
 def stage_train(work: Path, args) -> None:
@@ -316,7 +335,31 @@ def stage_retrain(work: Path, args) -> None:
                   epochs=args.retrain_epochs, lr=args.retrain_lr, warmup=0.03,
                   timing="retrain_time.json", save_every=args.retrain_save_every,
                   info=json.loads((work / "retrain_stats.json").read_text()),
-                  seed=args.seed + 6, keep=100)
+                  seed=args.seed + 6, keep=100, stop_step=args.retrain_stop_step)
+
+
+def stage_anneal(work: Path, args) -> None:
+    """Phase 7: from phase 6's step --retrain-stop-step checkpoint, a seeded sample of
+    WORK/retrain.jsonl (--anneal-tokens) in one epoch at --anneal-lr, warmup then cosine to
+    10%: the low-learning-rate end phase 6 was cut short of -> WORK/run7."""
+    rows = _read_jsonl(work / "retrain.jsonl")
+    random.Random(args.seed + 7).shuffle(rows)
+    tok = _tokenizer(work)
+    counts = [len(ids) for ids in tok([r["prompt"] + r["response"] for r in rows],
+                                      add_special_tokens=False)["input_ids"]]
+    chosen, used = [], 0
+    for r, n in zip(rows, counts):
+        if used >= args.anneal_tokens:
+            break
+        chosen.append(r)
+        used += n
+    _write_jsonl(work / "anneal.jsonl", chosen)
+    start = f"run6/checkpoints/step-{args.retrain_stop_step:08d}"
+    info = {"rows": len(chosen), "pairs": sum(1 for r in chosen if r["prompt"]),
+            "tokens": used, "start": start}
+    _loglik_train(work, args, data=work / "anneal.jsonl", start=start, out="run7",
+                  epochs=1, lr=args.anneal_lr, warmup=0.05, timing="anneal_time.json",
+                  save_every=args.retrain_save_every, info=info, seed=args.seed + 7, keep=100)
 
 
 def _both_matchings(model_dir: Path, threads: int) -> dict:
@@ -332,36 +375,37 @@ def _both_matchings(model_dir: Path, threads: int) -> dict:
 
 
 def stage_pick(work: Path, args) -> None:
-    """Phase 6's checkpoints and final model measured on both held-out matching sets
-    (default_model_eval.matching, seed 0; each is measured once, so the stage can be run
-    again while phase 6 is still writing checkpoints); the one with the highest worse margin to the
-    targets (92% stdlib, 85% third-party) is copied to WORK/run6_best (WORK/pick.json).
-    This selects on the held-out pairs, so MODEL.md says so."""
-    import torch
+    """Phase 6's and 7's checkpoints and phase 7's final model measured on both held-out
+    matching sets (default_model_eval.matching, seed 0; each is measured once, so the stage
+    can be run again while a phase is still writing checkpoints); the one with the highest
+    worse margin to the targets (92% stdlib, 85% third-party) is copied to WORK/run_best
+    (WORK/pick.json). This selects on the held-out pairs, so MODEL.md says so."""
+    def steps(run: str) -> list[Path]:
+        return sorted((work / run / "checkpoints").glob("step-*"),
+                      key=lambda d: int(d.name.split("-")[1]))
 
-    torch.set_num_threads(args.threads)
-    run = work / "run6"
-    candidates = sorted((run / "checkpoints").glob("step-*"),
-                        key=lambda d: int(d.name.split("-")[1])) + [run]
+    candidates = {f"run6/{d.name}": d for d in steps("run6")}
+    candidates.update({f"run7/{d.name}": d for d in steps("run7")})
+    candidates["run7"] = work / "run7"
     done = json.loads((work / "pick.json").read_text())["measured"] \
         if (work / "pick.json").exists() else {}
-    for d in candidates:
-        if (d / "model.safetensors").exists() and d.name not in done:
-            done[d.name] = _both_matchings(d, args.threads)
-            print(f"{d.name}: {json.dumps(done[d.name])}", flush=True)
+    for name, d in candidates.items():
+        if (d / "model.safetensors").exists() and name not in done:
+            done[name] = _both_matchings(d, args.threads)
+            print(f"{name}: {json.dumps(done[name])}", flush=True)
             (work / "pick.json").write_text(json.dumps({"measured": done}, indent=1))
     best = max(done, key=lambda k: min(done[k]["stdlib"] - 0.92, done[k]["thirdparty"] - 0.85))
-    src = run if best == "run6" else run / "checkpoints" / best
-    dst = work / "run6_best"
+    dst = work / "run_best"
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("trainer_state.pt"))
+    shutil.copytree(candidates[best], dst, ignore=shutil.ignore_patterns("trainer_state.pt",
+                                                                          "checkpoints"))
     (work / "pick.json").write_text(json.dumps({"measured": done, "best": best}, indent=1))
     print(f"pick: {best} {json.dumps(done[best])} -> {dst}")
 
 
 def final_dir(work: Path) -> Path:
     """The model to evaluate and ship: the last phase that ran."""
-    for run in ("run6_best", "run6", "run5", "run4", "run3", "run2", "run"):
+    for run in ("run_best", "run7", "run6", "run5", "run4", "run3", "run2", "run"):
         if (work / run / "model.safetensors").exists():
             return work / run
     return work / "run"
@@ -458,7 +502,7 @@ STAGES = {"tokenizer": stage_tokenizer, "data": stage_data, "config": stage_conf
           "baselines": stage_baselines, "train": stage_train, "finetune": stage_finetune,
           "mix": stage_mix, "polish": stage_polish, "extend": stage_extend,
           "retrain_data": stage_retrain_data, "grow": stage_grow, "retrain": stage_retrain,
-          "pick": stage_pick,
+          "anneal": stage_anneal, "pick": stage_pick,
           "eval": stage_eval,
           "ship": stage_ship}
 
@@ -484,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retrain-lr", type=float, default=1e-3, help="phase 6 peak learning rate")
     p.add_argument("--retrain-save-every", type=int, default=100,
                    help="phase 6: checkpoint every N steps (the held-out figures pick one)")
+    p.add_argument("--retrain-stop-step", type=int, default=100,
+                   help="phase 6: stop after this step's checkpoint (0: run the schedule out)")
+    p.add_argument("--anneal-tokens", type=int, default=300_000,
+                   help="phase 7: tokens sampled from WORK/retrain.jsonl")
+    p.add_argument("--anneal-lr", type=float, default=4e-4, help="phase 7 peak learning rate")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--grad-accum", type=int, default=1)

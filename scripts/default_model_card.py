@@ -81,29 +81,24 @@ def _section(card: str, title: str, until: str) -> str:
     return card[start:card.index(until, start)].strip("\n")
 
 
+def _steps(work: Path, run: str) -> list[dict]:
+    return [r for r in _log(work, run) if r.get("kind") == "step"]
+
+
 def _retrain(work: Path) -> str:
-    """Phase 6: the grown model on mostly pairs, and the checkpoint picked (none: empty)."""
+    """Phases 6 and 7: the grown model on mostly pairs, and the checkpoint picked (none:
+    empty)."""
     if not (work / "retrain_time.json").exists():
         return ""
     grow = json.loads((work / "grow.json").read_text())
     t = json.loads((work / "retrain_time.json").read_text())
-    epochs = [r for r in _log(work, "run6") if r.get("kind") == "epoch"]
-    pick = (json.loads((work / "pick.json").read_text())
-            if (work / "pick.json").exists() else None)
-    picked = ""
-    if pick:
-        rows = "\n".join(f"| {k} | {100 * v['stdlib']:.1f}% | {100 * v['thirdparty']:.1f}% |"
-                         for k, v in pick["measured"].items())
-        picked = f"""
-Checkpoints (every {t['command'].split('--save-every ')[1].split()[0]} steps) measured on both
-held-out matching sets (`scripts/build_default_model.py pick`; this selects on the held-out
-pairs, so the figures below are slightly optimistic for the picked one); shipped: **{pick['best']}**.
-
-| checkpoint | stdlib held-out matching | third-party held-out matching |
-|---|---|---|
-{rows}
-"""
-    return f"""
+    stop = t.get("stopped_at_step")
+    run6 = [r for r in _steps(work, "run6") if not stop or r["step"] <= stop]
+    stopped = (f"; stopped after its step-{stop} checkpoint (the schedule's warmup and first "
+               f"fifth), {run6[-1]['tokens_per_s']:.0f} tokens/s, {t['seconds'] / 60:.0f} "
+               "minutes, because the machine was too loaded to run it out"
+               + (f" ({t['note']})" if t.get("note") else "") if stop else "")
+    text = f"""
 Phase 6, grown and retrained on pairs. The phase-5 model ({grow['old_layers']} layers) grown
 to {grow['new_layers']} layers without changing what it computes: each new layer is a copy of
 the trained layer before it with `o_proj` and `down_proj` zeroed, so it adds exactly zero to the
@@ -113,14 +108,37 @@ residual stream (`scripts/default_model_grow.py`; largest change of a held-out p
 stdlib parts the source corpus leaves out ({", ".join(f"`{m}`" for m in t['extra_pair_modules'])};
 tests of the held-out modules skipped, {t['extra_pairs_dropped_as_heldout']} pairs equal to a
 held-out one dropped) and {t['documents']:,} train-split documents ({t['document_tokens']:,}
-tokens, against forgetting):
+tokens, against forgetting), shuffled (`retrain.jsonl`):
 
-`{t['command']}`
+`{t['command']}`{stopped}.
+"""
+    if (work / "anneal_time.json").exists():
+        a = json.loads((work / "anneal_time.json").read_text())
+        epochs = [r for r in _log(work, "run7") if r.get("kind") == "epoch"]
+        text += f"""
+Phase 7, the low-learning-rate end: from {a['start']}, a seeded sample of `retrain.jsonl`
+({a['rows']:,} rows, {a['pairs']:,} of them pairs, {a['tokens']:,} tokens), one epoch:
 
-{epochs[-1]['step']} steps, {epochs[-1]['tokens_per_s']:.0f} tokens/s, {t['seconds'] / 60:.0f} minutes;
+`{a['command']}`
+
+{epochs[-1]['step']} steps, {epochs[-1]['tokens_per_s']:.0f} tokens/s, {a['seconds'] / 60:.0f} minutes;
 held-out pairs, docstring NLL per token {-_per_token(epochs[0]['eval']):.3f} ->
 {-_per_token(epochs[-1]['eval']):.3f}.
-{picked}"""
+"""
+    if (work / "pick.json").exists():
+        pick = json.loads((work / "pick.json").read_text())
+        rows = "\n".join(f"| {k} | {100 * v['stdlib']:.1f}% | {100 * v['thirdparty']:.1f}% |"
+                         for k, v in pick["measured"].items())
+        text += f"""
+Checkpoints measured on both held-out matching sets (`scripts/build_default_model.py pick`;
+this selects on the held-out pairs, so the picked one's figures are slightly optimistic);
+shipped: **{pick.get('best', '?')}**.
+
+| checkpoint | stdlib held-out matching | third-party held-out matching |
+|---|---|---|
+{rows}
+"""
+    return text
 
 
 def _corpus_and_phases(work: Path, arch: dict) -> tuple[str, str]:
