@@ -338,28 +338,44 @@ def stage_retrain(work: Path, args) -> None:
                   seed=args.seed + 6, keep=100, stop_step=args.retrain_stop_step)
 
 
-def stage_anneal(work: Path, args) -> None:
-    """Phase 7: from phase 6's step --retrain-stop-step checkpoint, a seeded sample of
-    WORK/retrain.jsonl (--anneal-tokens) in one epoch at --anneal-lr, warmup then cosine to
-    10%: the low-learning-rate end phase 6 was cut short of -> WORK/run7."""
+def _anneal(work: Path, args, *, phase: int, start: str, lr: float) -> None:
+    """One annealing phase: the next --anneal-tokens of a seeded shuffle of WORK/retrain.jsonl
+    (phase 7 the first slice, phase 8 the second), one epoch at ``lr`` with warmup then cosine
+    to 10% -> WORK/run{phase}."""
     rows = _read_jsonl(work / "retrain.jsonl")
     random.Random(args.seed + 7).shuffle(rows)
     tok = _tokenizer(work)
     counts = [len(ids) for ids in tok([r["prompt"] + r["response"] for r in rows],
                                       add_special_tokens=False)["input_ids"]]
-    chosen, used = [], 0
+    slices, chosen, used = [], [], 0
     for r, n in zip(rows, counts):
-        if used >= args.anneal_tokens:
-            break
         chosen.append(r)
         used += n
-    _write_jsonl(work / "anneal.jsonl", chosen)
-    start = f"run6/checkpoints/step-{args.retrain_stop_step:08d}"
+        if used >= args.anneal_tokens:
+            slices.append((chosen, used))
+            chosen, used = [], 0
+    chosen, used = slices[phase - 7]
+    name = "anneal.jsonl" if phase == 7 else f"anneal{phase}.jsonl"
+    _write_jsonl(work / name, chosen)
     info = {"rows": len(chosen), "pairs": sum(1 for r in chosen if r["prompt"]),
-            "tokens": used, "start": start}
-    _loglik_train(work, args, data=work / "anneal.jsonl", start=start, out="run7",
-                  epochs=1, lr=args.anneal_lr, warmup=0.05, timing="anneal_time.json",
-                  save_every=args.retrain_save_every, info=info, seed=args.seed + 7, keep=100)
+            "tokens": used, "start": start, "slice": phase - 6}
+    _loglik_train(work, args, data=work / name, start=start, out=f"run{phase}",
+                  epochs=1, lr=lr, warmup=0.05,
+                  timing="anneal_time.json" if phase == 7 else f"anneal{phase}_time.json",
+                  save_every=args.retrain_save_every, info=info, seed=args.seed + phase, keep=100)
+
+
+def stage_anneal(work: Path, args) -> None:
+    """Phase 7: from phase 6's step --retrain-stop-step checkpoint, the first slice of
+    retrain.jsonl at --anneal-lr: the low-learning-rate end phase 6 was cut short of."""
+    _anneal(work, args, phase=7, start=f"run6/checkpoints/step-{args.retrain_stop_step:08d}",
+            lr=args.anneal_lr)
+
+
+def stage_anneal2(work: Path, args) -> None:
+    """Phase 8: from phase 7's model, the second slice of retrain.jsonl (data phase 7 did not
+    see) at --anneal2-lr: held-out matching was still rising at phase 7's end."""
+    _anneal(work, args, phase=8, start="run7", lr=args.anneal2_lr)
 
 
 def _both_matchings(model_dir: Path, threads: int) -> dict:
@@ -375,7 +391,7 @@ def _both_matchings(model_dir: Path, threads: int) -> dict:
 
 
 def stage_pick(work: Path, args) -> None:
-    """Phase 6's and 7's checkpoints and phase 7's final model measured on both held-out
+    """Phase 6's checkpoints and phase 7's final model measured on both held-out
     matching sets (default_model_eval.matching, seed 0; each is measured once, so the stage
     can be run again while a phase is still writing checkpoints); the one with the highest
     worse margin to the targets (92% stdlib, 85% third-party) is copied to WORK/run_best
@@ -385,8 +401,8 @@ def stage_pick(work: Path, args) -> None:
                       key=lambda d: int(d.name.split("-")[1]))
 
     candidates = {f"run6/{d.name}": d for d in steps("run6")}
-    candidates.update({f"run7/{d.name}": d for d in steps("run7")})
-    candidates["run7"] = work / "run7"
+    for run in ("run7", "run8"):           # the anneals are one short epoch: their ends only
+        candidates[run] = work / run
     done = json.loads((work / "pick.json").read_text())["measured"] \
         if (work / "pick.json").exists() else {}
     for name, d in candidates.items():
@@ -405,7 +421,7 @@ def stage_pick(work: Path, args) -> None:
 
 def final_dir(work: Path) -> Path:
     """The model to evaluate and ship: the last phase that ran."""
-    for run in ("run_best", "run7", "run6", "run5", "run4", "run3", "run2", "run"):
+    for run in ("run_best", "run8", "run7", "run6", "run5", "run4", "run3", "run2", "run"):
         if (work / run / "model.safetensors").exists():
             return work / run
     return work / "run"
@@ -502,7 +518,7 @@ STAGES = {"tokenizer": stage_tokenizer, "data": stage_data, "config": stage_conf
           "baselines": stage_baselines, "train": stage_train, "finetune": stage_finetune,
           "mix": stage_mix, "polish": stage_polish, "extend": stage_extend,
           "retrain_data": stage_retrain_data, "grow": stage_grow, "retrain": stage_retrain,
-          "anneal": stage_anneal, "pick": stage_pick,
+          "anneal": stage_anneal, "anneal2": stage_anneal2, "pick": stage_pick,
           "eval": stage_eval,
           "ship": stage_ship}
 
@@ -533,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--anneal-tokens", type=int, default=300_000,
                    help="phase 7: tokens sampled from WORK/retrain.jsonl")
     p.add_argument("--anneal-lr", type=float, default=4e-4, help="phase 7 peak learning rate")
+    p.add_argument("--anneal2-lr", type=float, default=3e-4, help="phase 8 peak learning rate")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--grad-accum", type=int, default=1)
