@@ -378,6 +378,12 @@ def stage_anneal2(work: Path, args) -> None:
     _anneal(work, args, phase=8, start="run7", lr=args.anneal2_lr)
 
 
+def stage_anneal3(work: Path, args) -> None:
+    """Phase 9: from phase 8's model, the third slice of retrain.jsonl at --anneal3-lr
+    (phase 8 ended 1 pair short of 92% on the stdlib held-out set, matching still rising)."""
+    _anneal(work, args, phase=9, start="run8", lr=args.anneal3_lr)
+
+
 def _both_matchings(model_dir: Path, threads: int) -> dict:
     """Matching rates of a model folder on the stdlib and the third-party held-out pairs."""
     import torch
@@ -401,7 +407,7 @@ def stage_pick(work: Path, args) -> None:
                       key=lambda d: int(d.name.split("-")[1]))
 
     candidates = {f"run6/{d.name}": d for d in steps("run6")}
-    for run in ("run7", "run8"):           # the anneals are one short epoch: their ends only
+    for run in ("run7", "run8", "run9"):   # the anneals are one short epoch: their ends only
         candidates[run] = work / run
     done = json.loads((work / "pick.json").read_text())["measured"] \
         if (work / "pick.json").exists() else {}
@@ -421,7 +427,7 @@ def stage_pick(work: Path, args) -> None:
 
 def final_dir(work: Path) -> Path:
     """The model to evaluate and ship: the last phase that ran."""
-    for run in ("run_best", "run8", "run7", "run6", "run5", "run4", "run3", "run2", "run"):
+    for run in ("run_best", "run9", "run8", "run7", "run6", "run5", "run4", "run3", "run2", "run"):
         if (work / run / "model.safetensors").exists():
             return work / run
     return work / "run"
@@ -518,7 +524,8 @@ STAGES = {"tokenizer": stage_tokenizer, "data": stage_data, "config": stage_conf
           "baselines": stage_baselines, "train": stage_train, "finetune": stage_finetune,
           "mix": stage_mix, "polish": stage_polish, "extend": stage_extend,
           "retrain_data": stage_retrain_data, "grow": stage_grow, "retrain": stage_retrain,
-          "anneal": stage_anneal, "anneal2": stage_anneal2, "pick": stage_pick,
+          "anneal": stage_anneal, "anneal2": stage_anneal2,
+          "anneal3": stage_anneal3, "pick": stage_pick,
           "eval": stage_eval,
           "ship": stage_ship}
 
@@ -550,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="phase 7: tokens sampled from WORK/retrain.jsonl")
     p.add_argument("--anneal-lr", type=float, default=4e-4, help="phase 7 peak learning rate")
     p.add_argument("--anneal2-lr", type=float, default=3e-4, help="phase 8 peak learning rate")
+    p.add_argument("--anneal3-lr", type=float, default=2e-4, help="phase 9 peak learning rate")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--grad-accum", type=int, default=1)

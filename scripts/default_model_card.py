@@ -97,7 +97,7 @@ def _retrain(work: Path) -> str:
     stopped = (f"; stopped after its step-{stop} checkpoint (the schedule's warmup and first "
                f"fifth), {run6[-1]['tokens_per_s']:.0f} tokens/s, {t['seconds'] / 60:.0f} "
                "minutes, because the machine was too loaded to run it out"
-               + (f" ({t['note']})" if t.get("note") else "") if stop else "")
+               + (f". {t['note']}" if t.get("note") else "") if stop else "")
     text = f"""
 Phase 6, grown and retrained on pairs. The phase-5 model ({grow['old_layers']} layers) grown
 to {grow['new_layers']} layers without changing what it computes: each new layer is a copy of
@@ -112,12 +112,18 @@ tokens, against forgetting), shuffled (`retrain.jsonl`):
 
 `{t['command']}`{stopped}.
 """
-    if (work / "anneal_time.json").exists():
-        a = json.loads((work / "anneal_time.json").read_text())
-        epochs = [r for r in _log(work, "run7") if r.get("kind") == "epoch"]
+    for phase, timing in ((7, "anneal_time.json"), (8, "anneal8_time.json"),
+                          (9, "anneal9_time.json")):
+        if not (work / timing).exists():
+            continue
+        a = json.loads((work / timing).read_text())
+        epochs = [r for r in _log(work, f"run{phase}") if r.get("kind") == "epoch"]
+        what = {7: "the low-learning-rate end phase 6 was cut short of",
+                8: "a second anneal, on data phase 7 did not see",
+                9: "a third anneal, on data phases 7 and 8 did not see"}[phase]
         text += f"""
-Phase 7, the low-learning-rate end: from {a['start']}, a seeded sample of `retrain.jsonl`
-({a['rows']:,} rows, {a['pairs']:,} of them pairs, {a['tokens']:,} tokens), one epoch:
+Phase {phase}, {what}: from {a['start']}, slice {a.get('slice', 1)} of a seeded shuffle of
+`retrain.jsonl` ({a['rows']:,} rows, {a['pairs']:,} of them pairs, {a['tokens']:,} tokens), one epoch:
 
 `{a['command']}`
 
