@@ -19,6 +19,19 @@ runs every stage in order (each can also be run alone, in this order):
                model, at half the learning rate -> WORK/run3
     polish     phase 4: phase 3's data again, from phase 3's model, at a quarter of the
                learning rate -> WORK/run4
+    extend     phase 5: phase 4 again for more epochs, in a new order -> WORK/run5
+    retrain_data  WORK/retrain.jsonl: every train pair, the signature -> docstring pairs of
+               the stdlib parts the source corpus leaves out (test suite, idlelib, lib2to3,
+               turtledemo; tests of held-out modules skipped) and some train documents
+    grow       phase 5's model grown 4 -> 8 layers, each new layer an exact identity at
+               first (scripts/default_model_grow.py) -> WORK/grown
+    retrain    phase 6: the grown model on WORK/retrain.jsonl, stopped at a checkpoint
+               (--retrain-stop-step) -> WORK/run6
+    anneal, anneal2, anneal3
+               phases 7-9: one short epoch each on successive slices of a shuffle of
+               WORK/retrain.jsonl at decreasing learning rates -> WORK/run7, run8, run9
+    pick       both held-out matching figures of phase 6's checkpoints and phases 7-9;
+               the best -> WORK/run_best
     eval       WORK/eval.json: held-out NLL and bits-per-byte (model, unigram, untrained),
                conditional matching rate on the held-out stdlib pairs and on the held-out
                third-party pairs (data/default_model/heldout_thirdparty_pairs.jsonl, from
@@ -384,6 +397,22 @@ def stage_anneal3(work: Path, args) -> None:
     _anneal(work, args, phase=9, start="run8", lr=args.anneal3_lr)
 
 
+def stage_average(work: Path, args) -> None:
+    """The uniform average of the anneals' ends (phases 7-9: one basin, successive low-rate
+    phases), as in stochastic weight averaging -> WORK/run_avg."""
+    from safetensors.torch import load_file, save_file
+
+    runs = [work / r for r in ("run7", "run8", "run9")]
+    states = [load_file(str(r / "model.safetensors")) for r in runs]
+    avg = {k: sum(s[k] for s in states) / len(states) for k in states[0]}
+    dst = work / "run_avg"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(runs[-1], dst, ignore=shutil.ignore_patterns("checkpoints", "log.jsonl"))
+    save_file(avg, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    (work / "average.json").write_text(json.dumps({"averaged": [r.name for r in runs]}))
+    print(f"average of {[r.name for r in runs]} -> {dst}")
+
+
 def _both_matchings(model_dir: Path, threads: int) -> dict:
     """Matching rates of a model folder on the stdlib and the third-party held-out pairs."""
     import torch
@@ -407,7 +436,7 @@ def stage_pick(work: Path, args) -> None:
                       key=lambda d: int(d.name.split("-")[1]))
 
     candidates = {f"run6/{d.name}": d for d in steps("run6")}
-    for run in ("run7", "run8", "run9"):   # the anneals are one short epoch: their ends only
+    for run in ("run7", "run8", "run9", "run_avg"):   # the anneals are one short epoch: their ends only
         candidates[run] = work / run
     done = json.loads((work / "pick.json").read_text())["measured"] \
         if (work / "pick.json").exists() else {}
@@ -525,7 +554,8 @@ STAGES = {"tokenizer": stage_tokenizer, "data": stage_data, "config": stage_conf
           "mix": stage_mix, "polish": stage_polish, "extend": stage_extend,
           "retrain_data": stage_retrain_data, "grow": stage_grow, "retrain": stage_retrain,
           "anneal": stage_anneal, "anneal2": stage_anneal2,
-          "anneal3": stage_anneal3, "pick": stage_pick,
+          "anneal3": stage_anneal3,
+          "average": stage_average, "pick": stage_pick,
           "eval": stage_eval,
           "ship": stage_ship}
 
