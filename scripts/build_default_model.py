@@ -19,11 +19,29 @@ runs every stage in order (each can also be run alone, in this order):
                model, at half the learning rate -> WORK/run3
     polish     phase 4: phase 3's data again, from phase 3's model, at a quarter of the
                learning rate -> WORK/run4
+    extend     phase 5: phase 4 again for more epochs, in a new order -> WORK/run5
     eval       WORK/eval.json: held-out NLL and bits-per-byte (model, unigram, untrained),
                conditional matching rate on the held-out stdlib pairs and on the held-out
                third-party pairs (data/default_model/heldout_thirdparty_pairs.jsonl, from
                scripts/thirdparty_pairs.py; those packages are never trained on)
     ship       copy the model to src/loglik/default_model/ and write its MODEL.md
+
+`retrain_all` runs the retrain stages (scripts/default_model_retrain.py; not part of `all`,
+which rebuilds the shipped 4-layer model) on a WORK that holds phase 5, in this order:
+
+    retrain_data  WORK/retrain.jsonl: every train pair, the signature -> docstring pairs of
+               the stdlib parts the source corpus leaves out (test suite, idlelib, lib2to3,
+               turtledemo; tests of held-out modules skipped) and some train documents
+    grow       phase 5's model grown 4 -> 8 layers, each new layer an exact identity at
+               first (scripts/default_model_grow.py) -> WORK/grown
+    retrain    phase 6: the grown model on WORK/retrain.jsonl, stopped at a checkpoint
+               (--retrain-stop-step) -> WORK/run6
+    anneal, anneal2, anneal3
+               phases 7-9: one short epoch each on successive slices of a shuffle of
+               WORK/retrain.jsonl at decreasing learning rates -> WORK/run7, run8, run9
+    average    the uniform mean of phases 7-9 -> WORK/run_avg
+    pick       both held-out matching figures of phase 6's checkpoints, phases 7-9 and the
+               average; the best -> WORK/run_best, which `eval` and `ship` then take
 
 The corpus and split are described in scripts/stdlib_corpus.py, the figures in
 scripts/default_model_eval.py. Nothing is downloaded.
@@ -179,7 +197,8 @@ def stage_config(work: Path, args) -> None:
 
 def _loglik_train(work: Path, args, *, data: Path, start: str, out: str, epochs: int,
                   lr: float, warmup: float, timing: str, save_every: int = 200,
-                  info: dict | None = None, seed: int | None = None) -> None:
+                  info: dict | None = None, seed: int | None = None, keep: int = 2,
+                  stop_step: int = 0) -> None:
     """One `loglik train` phase: WORK/start -> WORK/out, timed into WORK/timing."""
     cmd = ["loglik", "train", str(data), "--model", str(work / start), "-o", str(work / out),
            "--eval", str(HELDOUT_PAIRS), "--no-eval-train", "--epochs", str(epochs),
@@ -187,14 +206,32 @@ def _loglik_train(work: Path, args, *, data: Path, start: str, out: str, epochs:
            "--grad-accum", str(args.grad_accum), "--warmup", str(warmup),
            "--seed", str(args.seed if seed is None else seed), "--threads", str(args.threads),
            "--log-every", "10",
-           "--save-every", str(save_every), "--no-progress"]
+           "--save-every", str(save_every), "--keep-checkpoints", str(keep), "--no-progress"]
     if (work / out / "checkpoints").exists():
         cmd.append("--resume")
     print(" ".join(cmd), flush=True)
     t0 = time.time()
-    subprocess.run(cmd, check=True)
+    if stop_step:
+        info = {**(info or {}), "stopped_at_step": stop_step}
+        _run_until_checkpoint(cmd, work / out / "checkpoints" / f"step-{stop_step:08d}")
+    else:
+        subprocess.run(cmd, check=True)
     (work / timing).write_text(json.dumps({"seconds": time.time() - t0,
                                            "command": " ".join(cmd), **(info or {})}))
+
+
+def _run_until_checkpoint(cmd: list[str], checkpoint: Path) -> None:
+    """Run ``cmd`` and stop it once ``checkpoint`` is complete (its trainer state written):
+    a phase cut short of its schedule on a slow machine, reproducibly at that step."""
+    proc = subprocess.Popen(cmd)
+    while proc.poll() is None and not (checkpoint / "trainer_state.pt").exists():
+        time.sleep(5)
+    if proc.poll() is None:
+        time.sleep(5)                     # let the checkpoint's files finish writing
+        proc.terminate()
+        proc.wait()
+    elif proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
 
 
 def stage_train(work: Path, args) -> None:
@@ -248,7 +285,7 @@ def stage_extend(work: Path, args) -> None:
 
 def final_dir(work: Path) -> Path:
     """The model to evaluate and ship: the last phase that ran."""
-    for run in ("run5", "run4", "run3", "run2", "run"):
+    for run in ("run_best", "run9", "run8", "run7", "run6", "run5", "run4", "run3", "run2", "run"):
         if (work / run / "model.safetensors").exists():
             return work / run
     return work / "run"
@@ -322,6 +359,10 @@ def stage_eval(work: Path, args, model_dir: Path | None = None) -> dict:
 def stage_ship(work: Path, args) -> None:
     run = final_dir(work)
     SHIP_DIR.mkdir(parents=True, exist_ok=True)
+    card = SHIP_DIR / "MODEL.md"
+    previous = card.read_text(encoding="utf-8") if card.exists() else None
+    arch = {**ARCH, **{k: v for k, v in json.loads((run / "config.json").read_text()).items()
+                       if k in ARCH}}      # the shipped config (phase 6 grew the layers)
     for old in SHIP_DIR.iterdir():
         if old.is_file():
             old.unlink()
@@ -333,7 +374,7 @@ def stage_ship(work: Path, args) -> None:
         raise SystemExit(f"the shipped model is {size / 2**20:.1f} MiB, over the 25 MiB limit")
     from default_model_card import write_card
 
-    write_card(SHIP_DIR / "MODEL.md", work=work, arch=ARCH, size_bytes=size)
+    write_card(card, work=work, arch=arch, size_bytes=size, previous=previous)
     print(f"shipped {size / 2**20:.1f} MiB -> {SHIP_DIR}")
 
 
@@ -341,11 +382,23 @@ STAGES = {"tokenizer": stage_tokenizer, "data": stage_data, "config": stage_conf
           "baselines": stage_baselines, "train": stage_train, "finetune": stage_finetune,
           "mix": stage_mix, "polish": stage_polish, "extend": stage_extend, "eval": stage_eval,
           "ship": stage_ship}
+# The retrain (phases 6-9, scripts/default_model_retrain.py): after `all`'s phase 5, run as
+# `retrain_all` (no eval, no ship: `eval` and `ship` then take WORK/run_best).
+RETRAIN_STAGES = ("retrain_data", "grow", "retrain", "anneal", "anneal2", "anneal3", "average",
+                  "pick")
+
+
+def _stage(name: str):
+    if name in STAGES:
+        return STAGES[name]
+    import default_model_retrain as retrain    # imports this module: not at the top
+
+    return getattr(retrain, f"stage_{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=[*STAGES, "all"])
+    p.add_argument("stage", choices=[*STAGES, *RETRAIN_STAGES, "all", "retrain_all"])
     p.add_argument("--work", default="/tmp/loglik-default", help="working folder (not committed)")
     p.add_argument("--train-tokens", type=int, default=2_000_000,
                    help="tokens in WORK/train.jsonl (documents sampled to fill it)")
@@ -356,6 +409,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extend-epochs", type=int, default=3, help="phase 5 epochs")
     p.add_argument("--pair-repeats", type=int, default=3,
                    help="phase 3: copies of each train pair beside the documents")
+    p.add_argument("--grow-layers", type=int, default=8,
+                   help="grow: decoder layers after growing (a multiple of the trained ones)")
+    p.add_argument("--retrain-doc-tokens", type=int, default=400_000,
+                   help="retrain_data: tokens of train-split documents beside the pairs")
+    p.add_argument("--retrain-epochs", type=int, default=2, help="phase 6 epochs")
+    p.add_argument("--retrain-lr", type=float, default=1e-3, help="phase 6 peak learning rate")
+    p.add_argument("--retrain-save-every", type=int, default=100,
+                   help="phase 6: checkpoint every N steps (the held-out figures pick one)")
+    p.add_argument("--retrain-stop-step", type=int, default=100,
+                   help="phase 6: stop after this step's checkpoint (0: run the schedule out)")
+    p.add_argument("--anneal-tokens", type=int, default=300_000,
+                   help="phase 7: tokens sampled from WORK/retrain.jsonl")
+    p.add_argument("--anneal-lr", type=float, default=4e-4, help="phase 7 peak learning rate")
+    p.add_argument("--anneal2-lr", type=float, default=3e-4, help="phase 8 peak learning rate")
+    p.add_argument("--anneal3-lr", type=float, default=2e-4, help="phase 9 peak learning rate")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -368,8 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "build_args.json").write_text(json.dumps({**vars(args), "python": platform.python_version()}))
-    for name in (STAGES if args.stage == "all" else [args.stage]):
-        STAGES[name](work, args)
+    names = (list(STAGES) if args.stage == "all" else RETRAIN_STAGES
+             if args.stage == "retrain_all" else [args.stage])
+    for name in names:
+        _stage(name)(work, args)
     return 0
 
 

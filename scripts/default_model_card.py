@@ -75,39 +75,89 @@ package: {100 * ev['matching_thirdparty_same_package']['rate']:.1f}%.
 """
 
 
-def write_card(path: Path, *, work: Path, arch: dict, size_bytes: int) -> None:
+def _section(card: str, title: str, until: str) -> str:
+    """The body of ``## title`` in a previous card, up to ``until`` (a later heading)."""
+    start = card.index(f"## {title}\n") + len(f"## {title}\n")
+    return card[start:card.index(until, start)].strip("\n")
+
+
+def _steps(work: Path, run: str) -> list[dict]:
+    return [r for r in _log(work, run) if r.get("kind") == "step"]
+
+
+def _retrain(work: Path) -> str:
+    """Phases 6 and 7: the grown model on mostly pairs, and the checkpoint picked (none:
+    empty)."""
+    if not (work / "retrain_time.json").exists():
+        return ""
+    grow = json.loads((work / "grow.json").read_text())
+    t = json.loads((work / "retrain_time.json").read_text())
+    stop = t.get("stopped_at_step")
+    run6 = [r for r in _steps(work, "run6") if not stop or r["step"] <= stop]
+    stopped = (f"; stopped after its step-{stop} checkpoint (the schedule's warmup and first "
+               f"fifth), {run6[-1]['tokens_per_s']:.0f} tokens/s, {t['seconds'] / 60:.0f} "
+               "minutes, because the machine was too loaded to run it out"
+               + (f". {t['note']}" if t.get("note") else "") if stop else "")
+    text = f"""
+Phase 6, grown and retrained on pairs. The phase-5 model ({grow['old_layers']} layers) grown
+to {grow['new_layers']} layers without changing what it computes: each new layer is a copy of
+the trained layer before it with `o_proj` and `down_proj` zeroed, so it adds exactly zero to the
+residual stream (`scripts/default_model_grow.py`; largest change of a held-out pair's log-prob
+{grow['max_logprob_change']:.1e} nats, float rounding); then trained on
+{t['train_pairs']:,} train pairs plus {t['extra_pairs']:,} signature -> docstring pairs from the
+stdlib parts the source corpus leaves out ({", ".join(f"`{m}`" for m in t['extra_pair_modules'])};
+tests of the held-out modules skipped, {t['extra_pairs_dropped_as_heldout']} pairs equal to a
+held-out one dropped) and {t['documents']:,} train-split documents ({t['document_tokens']:,}
+tokens, against forgetting), shuffled (`retrain.jsonl`):
+
+`{t['command']}`{stopped}.
+"""
+    for phase, timing in ((7, "anneal_time.json"), (8, "anneal8_time.json"),
+                          (9, "anneal9_time.json")):
+        if not (work / timing).exists():
+            continue
+        a = json.loads((work / timing).read_text())
+        epochs = [r for r in _log(work, f"run{phase}") if r.get("kind") == "epoch"]
+        what = {7: "the low-learning-rate end phase 6 was cut short of",
+                8: "a second anneal, on data phase 7 did not see",
+                9: "a third anneal, on data phases 7 and 8 did not see"}[phase]
+        text += f"""
+Phase {phase}, {what}: from {a['start']}, slice {a.get('slice', 1)} of a seeded shuffle of
+`retrain.jsonl` ({a['rows']:,} rows, {a['pairs']:,} of them pairs, {a['tokens']:,} tokens), one epoch:
+
+`{a['command']}`
+
+{epochs[-1]['step']} steps, {epochs[-1]['tokens_per_s']:.0f} tokens/s, {a['seconds'] / 60:.0f} minutes;
+held-out pairs, docstring NLL per token {-_per_token(epochs[0]['eval']):.3f} ->
+{-_per_token(epochs[-1]['eval']):.3f}.
+"""
+    if (work / "pick.json").exists():
+        pick = json.loads((work / "pick.json").read_text())
+        rows = "\n".join(f"| {k} | {100 * v['stdlib']:.1f}% | {100 * v['thirdparty']:.1f}% |"
+                         for k, v in pick["measured"].items())
+        text += f"""
+Checkpoints measured on both held-out matching sets (`scripts/build_default_model.py pick`;
+this selects on the held-out pairs, so the picked one's figures are slightly optimistic);
+shipped: **{pick.get('best', '?')}**.
+
+| checkpoint | stdlib held-out matching | third-party held-out matching |
+|---|---|---|
+{rows}
+"""
+    return text
+
+
+def _corpus_and_phases(work: Path, arch: dict) -> tuple[str, str]:
+    """The corpus section and phases 1-5 of the training section, from WORK's records."""
     stats = json.loads((work / "data_stats.json").read_text())
-    ev = json.loads((work / "eval.json").read_text())
     timing = json.loads((work / "train_time.json").read_text())
-    log = _log(work)
-    epochs = [r for r in log if r.get("kind") == "epoch"]
+    epochs = [r for r in _log(work) if r.get("kind") == "epoch"]
     last_epoch = epochs[-1]
     start_eval, end_eval = epochs[0].get("eval", {}), last_epoch.get("eval", {})
     later = "".join(_phase(work, n, title, timing_file, run)
                     for n, (title, timing_file, run) in enumerate(_phases(stats), start=2))
     trained_tokens = stats["train_document_tokens_used"] + stats["train_pair_tokens"]
-    m, u, g = ev["model"], ev["untrained"], ev["unigram"]
-    mt, mu = ev["matching"], ev["matching_untrained"]
-
-    def row(name: str, f: dict) -> str:
-        return (f"| {name} | {f['nll_token_mean']:.3f} | {f['bits_per_byte']:.3f} | "
-                f"{f['tokens']:,} | {f['bytes']:,} |")
-
-    text = f"""# loglik's embedded default model
-
-A small Llama-architecture causal LM that loglik trained itself, with `loglik train`, on the
-Python standard library. It is what `loglik score`, `explain`, `compare` (and every other
-command) and `loglik.Scorer.from_pretrained()` use when no model is given. It knows Python
-source and docstrings, and little else: pass `--model` for real work.
-
-Rebuild it (offline, from the running Python; about two and a half hours on an idle 2-core
-machine, most of it phases 3 to 5):
-
-    {REBUILD}
-
-## Corpus
-
-* The standard library of **Python {platform.python_version()}** as installed
+    corpus_text = f"""* The standard library of **Python {platform.python_version()}** as installed
   (`sysconfig.get_paths()["stdlib"]`): every `.py` file except the `test` package,
   `idlelib`, `lib2to3`, `turtledemo`, `site-packages`; plus the language reference prose of
   `pydoc_data.topics` (train only). See `scripts/stdlib_corpus.py`.
@@ -123,7 +173,66 @@ machine, most of it phases 3 to 5):
   boundaries to at most 368 tokens, sampled with seed 0; {stats['train_document_tokens_used']:,}
   of {stats['train_document_tokens_all']:,} tokens, each conditioned on `<s>`) plus every
   train pair as a conditional example (loss on the docstring only); {trained_tokens:,}
-  tokens in all.
+  tokens in all."""
+    training = f"""Phase 1, text and pairs:
+
+`{timing['command']}`
+
+One epoch of {trained_tokens:,} tokens in {last_epoch['step']} AdamW steps (the options are
+in the command: peak lr, warmup then cosine to 10% of it, batches of at most that many padded
+tokens; weight decay 0.01, clip 1.0), {last_epoch['tokens_per_s']:.0f} tokens/s on one
+thread of a shared, oversubscribed 2-core CPU; {timing['seconds'] / 60:.0f} minutes wall
+clock for the whole command (including the held-out evaluation before and after).
+Held-out pairs, docstring NLL per token (the trainer's own evaluation): {-_per_token(start_eval):.3f}
+before training, {-_per_token(end_eval):.3f} after.
+{later}
+"""
+    return corpus_text, training
+
+
+def write_card(path: Path, *, work: Path, arch: dict, size_bytes: int,
+               previous: str | None = None) -> None:
+    """MODEL.md from WORK's records. A retrain-only working folder (no phase 1-5 records:
+    no ``data_stats.json``) takes the corpus and phases 1-5 from ``previous``, the card of
+    the model it grew from, verbatim, and says so."""
+    ev = json.loads((work / "eval.json").read_text())
+    m, u, g = ev["model"], ev["untrained"], ev["unigram"]
+    if (work / "data_stats.json").exists():
+        corpus_text, training = _corpus_and_phases(work, arch)
+    elif previous:
+        corpus_text = _section(previous, "Corpus", "## Tokenizer")
+        training = ("Phases 1 to 5 (the earlier 4-layer build; this working folder holds only "
+                    "the retrain's records, so this part is the previous card's, verbatim):\n\n"
+                    + _section(previous, "Training", "## Held-out figures") + "\n")
+    else:
+        raise SystemExit(f"{work} has no data_stats.json; pass the previous MODEL.md")
+    training += _retrain(work)
+    if (work / "retrain_stats.json").exists():
+        rs = json.loads((work / "retrain_stats.json").read_text())
+        corpus_text += (f"\n* Retrain (phase 6): {rs['extra_pairs']:,} more signature -> "
+                        "docstring pairs, from the stdlib's `test` package, `idlelib`, "
+                        "`lib2to3` and `turtledemo` (test files of held-out modules skipped).")
+    mt, mu = ev["matching"], ev["matching_untrained"]
+
+    def row(name: str, f: dict) -> str:
+        return (f"| {name} | {f['nll_token_mean']:.3f} | {f['bits_per_byte']:.3f} | "
+                f"{f['tokens']:,} | {f['bytes']:,} |")
+
+    text = f"""# loglik's embedded default model
+
+A small Llama-architecture causal LM that loglik trained itself, with `loglik train`, on the
+Python standard library. It is what `loglik score`, `explain`, `compare` (and every other
+command) and `loglik.Scorer.from_pretrained()` use when no model is given. It knows Python
+source and docstrings, and little else: pass `--model` for real work.
+
+Rebuild it (offline, from the running Python; about two and a half hours on an idle 2-core
+machine for phases 1 to 5, and phase 6's time below):
+
+    {REBUILD}
+
+## Corpus
+
+{corpus_text}
 
 ## Tokenizer
 
@@ -140,18 +249,7 @@ Byte-level BPE, {arch['vocab_size']:,} tokens, trained with `tokenizers` on the 
 
 ## Training
 
-Phase 1, text and pairs:
-
-`{timing['command']}`
-
-One epoch of {trained_tokens:,} tokens in {last_epoch['step']} AdamW steps (the options are
-in the command: peak lr, warmup then cosine to 10% of it, batches of at most that many padded
-tokens; weight decay 0.01, clip 1.0), {last_epoch['tokens_per_s']:.0f} tokens/s on one
-thread of a shared, oversubscribed 2-core CPU; {timing['seconds'] / 60:.0f} minutes wall
-clock for the whole command (including the held-out evaluation before and after).
-Held-out pairs, docstring NLL per token (the trainer's own evaluation): {-_per_token(start_eval):.3f}
-before training, {-_per_token(end_eval):.3f} after.
-{later}
+{training}
 ## Held-out figures
 
 Held-out source ({m['documents']} documents of the held-out modules, each scored from `<s>`):
@@ -160,7 +258,7 @@ Held-out source ({m['documents']} documents of the held-out modules, each scored
 |---|---|---|---|---|
 {row("this model", m)}
 {row("unigram of the train split (add-one)", g)}
-{row("same model, untrained", u)}
+{row("phase 1's initialisation, untrained", u)}
 
 Conditional matching on the {mt['pairs']} held-out pairs: log Pr(docstring | its own
 signature) > log Pr(docstring | another signature whose docstring has the same indentation)

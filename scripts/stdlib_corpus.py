@@ -103,6 +103,29 @@ def iter_source_files(root: Path | None = None) -> Iterator[SourceFile]:
             yield SourceFile(module, path, relpath, text)
 
 
+#: Excluded from the source corpus (applications, the test suite, a removed tool) but still
+#: stdlib code: the retrain stages take their signature -> docstring pairs as extra
+#: conditional examples (:func:`iter_extra_files`).
+EXTRA_PAIR_MODULES: tuple[str, ...] = ("test", "idlelib", "lib2to3", "turtledemo")
+
+
+def iter_extra_files(root: Path | None = None) -> Iterator[SourceFile]:
+    """The ``.py`` files of :data:`EXTRA_PAIR_MODULES`, sorted; a file whose path names a
+    held-out module (``test/test_json/...``, ``test/test_zipfile64.py``) is skipped, so tests
+    of the held-out modules (which quote their code and docstrings) are never trained on."""
+    root = root or stdlib_dir()
+    for module in EXTRA_PAIR_MODULES:
+        for path in sorted((root / module).rglob("*.py")):
+            relpath = path.relative_to(root).as_posix()
+            if "__pycache__" in path.parts or any(h in relpath for h in HELDOUT_MODULES):
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            yield SourceFile(module, path, relpath, text)
+
+
 def is_heldout(module: str) -> bool:
     return module in HELDOUT_MODULES
 
