@@ -289,6 +289,51 @@ def test_batcher_gives_each_job_its_own_results(llama_scorer):
     assert batcher.metrics.batch_requests.n >= 1
 
 
+def test_batcher_tokenizes_a_batch_in_one_call(llama_scorer, monkeypatch):
+    """Text pairs of coalesced requests go through one ``encode_many`` on the model thread and
+    get what each alone gets; a pair the encoder refuses and a job its ``check`` refuses fail
+    alone, their neighbours still answered."""
+    from loglik.errors import LoglikError
+    from loglik.serve.batcher import Batcher
+    from loglik.serve.schemas import APIError
+    from loglik.types import Example
+
+    calls: list[int] = []
+    encode_many = llama_scorer.encoder.encode_many
+    monkeypatch.setattr(llama_scorer.encoder, "encode_many",
+                        lambda exs: calls.append(len(exs)) or encode_many(exs))
+    jobs = [[Example("The capital of France is", " Paris.")],
+            [Example("The dog", " sleeps."), Example("", "An empty prompt.")],
+            [Example("Question: what?\nAnswer:", " forty-two")]]
+    too_long = [Example("a " * 300, "b")]                      # over the 256-token context
+
+    def refuse(encoded):
+        raise APIError(413, "pairs: too many tokens", "pairs")
+
+    batcher = Batcher(llama_scorer, wait_ms=200)
+
+    async def main():
+        return await asyncio.gather(*(batcher.score_examples(j) for j in jobs),
+                                    batcher.score_examples(too_long),
+                                    batcher.score_examples(jobs[0], check=refuse),
+                                    return_exceptions=True)
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        batcher.stop()
+        monkeypatch.undo()
+    assert calls[0] == 6                       # all five jobs' pairs in one tokenizer call
+    assert isinstance(out[3], LoglikError) and "256" in str(out[3])
+    assert isinstance(out[4], APIError) and out[4].status == 413
+    for job, (encoded, results) in zip(jobs, out[:3]):
+        assert encoded == llama_scorer.encoder.encode_many(job)
+        alone = llama_scorer.score_many(job)
+        assert [len(r.logprobs) for r in results] == [s.num_tokens for s in alone]
+        for res, score in zip(results, alone):
+            assert abs(math.fsum(res.logprobs) - score.logprob) < 1e-5
+
+
 def test_eos_generated_is_in_the_logprobs_not_the_text(tiny_llama, sp_tokenizer):
     """A model whose greedy next token is always EOS: ``echo`` + ``max_tokens=1`` still returns
     one entry past the prompt (lm-eval's local-completions drops the last entry as the
