@@ -119,14 +119,14 @@ class Server:
                     for n, (p, r, i) in enumerate(req.pairs)]
         limit = self.config.max_request_tokens
 
-        def check(encoded: list[Encoded]) -> None:   # on the model thread, after tokenizing
+        def check(encoded: list[Encoded]) -> None:   # on the batcher's tokenizer thread
             total = sum(len(e.context_ids) + len(e.response_ids) for e in encoded)
             if total > limit:
                 raise APIError(413, f"pairs: {total} tokens exceed this server's limit of "
                                f"{limit} per request; send fewer pairs", "pairs")
 
         detail = Detail(rank=req.rank, entropy=req.entropy, top_k=req.top_k)
-        # Tokenized on the model thread with the requests it is batched with (batcher.py).
+        # Tokenized off the event loop, with the other requests waiting (batcher.py).
         encoded, results = await self.batcher.score_examples(   # type: ignore[union-attr]
             examples, detail, check=check)
         return [self.scorer.to_score(e, r, ex.id).to_record()   # the `loglik score` record

@@ -1,13 +1,15 @@
 """Coalesce concurrent requests into the scorer's batches, on one model thread.
 
 The event loop hands each request's token-id :class:`~loglik.types.Request` list to
-:meth:`Batcher.score` (or its text pairs to :meth:`Batcher.score_examples`) and awaits it. One
-worker thread owns the model: it takes the oldest job, waits up to ``wait_ms`` for more jobs
-asking for the same :class:`~loglik.types.Detail` (up to ``max_tokens``), tokenizes the text
-pairs of all of them in one :meth:`Encoder.encode_many` call (one batched tokenizer call
-instead of two per request on the event loop, which measured a third of its time at one pair
-per request), and scores them all in one :meth:`Scorer.run_requests` call, so requests sharing
-a context across clients read it once. A score does not depend on its neighbours (the
+:meth:`Batcher.score` (or its text pairs to :meth:`Batcher.score_examples`) and awaits it.
+Text pairs go first to a tokenizer thread, which takes every request waiting for it and
+tokenizes them in one :meth:`Encoder.encode_many` call (one batched tokenizer call instead of
+two per request on the event loop, where it measured a third of the loop's time at one pair
+per request; and not on the model thread, which it slowed when the model was the limit), then
+queues them for the model. One worker thread owns the model: it takes the oldest job, waits up
+to ``wait_ms`` for more jobs asking for the same :class:`~loglik.types.Detail` (up to
+``max_tokens``), and scores them all in one :meth:`Scorer.run_requests` call, so requests
+sharing a context across clients read it once. A score does not depend on its neighbours (the
 planner's invariance, to float rounding). If a coalesced call fails, each job is retried alone
 so one bad request cannot fail its neighbours.
 
@@ -45,9 +47,7 @@ class _Job:
 
     @property
     def tokens(self) -> int:
-        if self.requests is None:   # not tokenized yet: about 4 characters a token
-            return sum(len(ex.prompt) + len(ex.response) for ex in self.examples or ()) // 4
-        return sum(len(r.context_ids) + len(r.target_ids) for r in self.requests)
+        return sum(len(r.context_ids) + len(r.target_ids) for r in self.requests or ())
 
     def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
         """From the model thread: hand the answer to the event loop."""
@@ -63,13 +63,15 @@ class _Job:
 
 
 class Batcher:
-    """The one thread that runs the model; coroutine front-ends ``score`` and ``call``.
+    """The one thread that runs the model (and one that tokenizes text pairs for it);
+    coroutine front-ends ``score``, ``score_examples`` and ``call``.
 
     Args:
         scorer: a :class:`loglik.Scorer`.
         wait_ms: how long the first job of a batch waits for others to join.
         max_tokens: tokens gathered into one scorer call at most (one job may exceed it).
-        max_queue: jobs waiting at most; the next one raises :class:`QueueFull`.
+        max_queue: jobs waiting at most (to be tokenized or scored); the next one raises
+            :class:`QueueFull`.
     """
 
     def __init__(self, scorer: Any, *, wait_ms: float = 5.0, max_tokens: int = 16384,
@@ -79,10 +81,15 @@ class Batcher:
         self.max_tokens = max_tokens
         self.max_queue = max_queue
         self.metrics = metrics or Metrics()
-        self._jobs: deque[_Job] = deque()
-        self._cv = threading.Condition()
+        self._jobs: deque[_Job] = deque()      # ready for the model
+        self._pending: deque[_Job] = deque()   # text pairs, for the tokenizer thread
+        self._cv = threading.Condition()       # both threads wait on it: notify_all
         self._stopping = False
+        self._encoder_done = False
+        self._encoder = threading.Thread(target=self._run_encoder, name="loglik-tokenizer",
+                                         daemon=True)
         self._thread = threading.Thread(target=self._run, name="loglik-batcher", daemon=True)
+        self._encoder.start()
         self._thread.start()
 
     # -- the event loop's side --------------------------------------------------------------
@@ -94,9 +101,10 @@ class Batcher:
     async def score_examples(self, examples: Sequence[Example], detail: Detail = Detail(), *,
                              check: Callable[[list[Encoded]], None] | None = None
                              ) -> tuple[list[Encoded], list[TokenResult]]:
-        """Tokenize text pairs with the batch they join (``scorer.encoder``), then score them.
+        """Tokenize text pairs (``scorer.encoder``, on the tokenizer thread, in one call with
+        the other requests waiting for it), then score them with the batch they join.
 
-        ``check(encoded)`` runs on the model thread before scoring; what it raises (a limit
+        ``check(encoded)`` runs on the tokenizer thread before scoring; what it raises (a limit
         the encoded pairs break) is this request's answer, not its neighbours'.
         Returns one :class:`Encoded` and one result per example, in order.
         """
@@ -114,30 +122,49 @@ class Batcher:
         with self._cv:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
-            if len(self._jobs) >= self.max_queue:
-                raise QueueFull(f"{len(self._jobs)} requests are waiting (the limit)")
-            self._jobs.append(job)
-            self.metrics.queue_depth = len(self._jobs)
-            self._cv.notify()
+            waiting = len(self._jobs) + len(self._pending)
+            if waiting >= self.max_queue:
+                raise QueueFull(f"{waiting} requests are waiting (the limit)")
+            (self._pending if examples is not None else self._jobs).append(job)
+            self.metrics.queue_depth = waiting + 1
+            self._cv.notify_all()
         return await job.future
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the jobs already queued, then end the thread."""
+        """Finish the jobs already queued (tokenized, then scored), then end the threads."""
         with self._cv:
             self._stopping = True
-            self._cv.notify()
+            self._cv.notify_all()
+        self._encoder.join(timeout)
         self._thread.join(timeout)
+
+    # -- the tokenizer thread --------------------------------------------------------------
+    def _run_encoder(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._stopping:
+                    self._cv.wait()
+                if not self._pending:
+                    self._encoder_done = True
+                    self._cv.notify_all()
+                    return
+                todo = list(self._pending)
+                self._pending.clear()
+            ready = self._encode(todo)
+            with self._cv:
+                self._jobs.extend(ready)
+                self._cv.notify_all()
 
     # -- the model thread ------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._jobs and not self._stopping:
+                while not self._jobs and not self._encoder_done:   # it ends after stop()
                     self._cv.wait()
                 if not self._jobs:
                     return
                 first = self._jobs.popleft()
-                self.metrics.queue_depth = len(self._jobs)
+                self.metrics.queue_depth = len(self._jobs) + len(self._pending)
             if first.fn is not None:
                 self._run_call(first)
                 continue
@@ -161,7 +188,7 @@ class Batcher:
                 if left <= 0 or self._stopping:
                     break
                 self._cv.wait(left)
-            self.metrics.queue_depth = len(self._jobs)
+            self.metrics.queue_depth = len(self._jobs) + len(self._pending)
         return batch
 
     def _run_call(self, job: _Job) -> None:
@@ -170,11 +197,8 @@ class Batcher:
         except Exception as exc:   # delivered to the request that asked
             job.resolve(error=exc)
 
-    def _encode(self, batch: list[_Job]) -> list[_Job]:
-        """Tokenize the text pairs of ``batch`` in one call; answer (and drop) refused jobs."""
-        todo = [job for job in batch if job.requests is None]
-        if not todo:
-            return batch
+    def _encode(self, todo: list[_Job]) -> list[_Job]:
+        """Tokenize the text pairs of ``todo`` in one call; answer (and drop) refused jobs."""
         parts: list[list[Encoded] | None] = [None] * len(todo)
         try:
             flat = self.scorer.encoder.encode_many([ex for job in todo for ex in job.examples])
@@ -196,12 +220,9 @@ class Batcher:
                 continue
             job.encoded = encoded
             job.requests = [Request(e.context_ids, e.response_ids) for e in encoded]
-        return [job for job in batch if job.requests is not None]
+        return [job for job in todo if job.requests is not None]
 
     def _run_batch(self, batch: list[_Job]) -> None:
-        batch = self._encode(batch)
-        if not batch:
-            return
         requests = [r for job in batch for r in job.requests]   # type: ignore[union-attr]
         try:
             results = self.scorer.run_requests(requests, batch[0].detail)
