@@ -83,7 +83,9 @@ class Batcher:
         self.metrics = metrics or Metrics()
         self._jobs: deque[_Job] = deque()      # ready for the model
         self._pending: deque[_Job] = deque()   # text pairs, for the tokenizer thread
-        self._cv = threading.Condition()       # both threads wait on it: notify_all
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)        # the model thread waits on it
+        self._arrived = threading.Condition(self._lock)   # the tokenizer thread waits on it
         self._stopping = False
         self._encoder_done = False
         self._encoder = threading.Thread(target=self._run_encoder, name="loglik-tokenizer",
@@ -127,33 +129,34 @@ class Batcher:
                 raise QueueFull(f"{waiting} requests are waiting (the limit)")
             (self._pending if examples is not None else self._jobs).append(job)
             self.metrics.queue_depth = waiting + 1
-            self._cv.notify_all()
+            (self._arrived if examples is not None else self._cv).notify()
         return await job.future
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the jobs already queued (tokenized, then scored), then end the threads."""
         with self._cv:
             self._stopping = True
-            self._cv.notify_all()
+            self._cv.notify()
+            self._arrived.notify()
         self._encoder.join(timeout)
         self._thread.join(timeout)
 
     # -- the tokenizer thread --------------------------------------------------------------
     def _run_encoder(self) -> None:
         while True:
-            with self._cv:
+            with self._lock:
                 while not self._pending and not self._stopping:
-                    self._cv.wait()
+                    self._arrived.wait()
                 if not self._pending:
                     self._encoder_done = True
-                    self._cv.notify_all()
+                    self._cv.notify()
                     return
                 todo = list(self._pending)
                 self._pending.clear()
             ready = self._encode(todo)
-            with self._cv:
+            with self._lock:
                 self._jobs.extend(ready)
-                self._cv.notify_all()
+                self._cv.notify()
 
     # -- the model thread ------------------------------------------------------------------
     def _run(self) -> None:
