@@ -7,7 +7,9 @@ Runs offline ``Scorer.score_many`` on the pairs first, then starts ``loglik serv
 subprocess on a free loopback port and has ``--clients`` threads POST ``/v1/score`` until
 ``--requests`` are answered. Checks: zero errors, every pair answered exactly once (ids), the
 same numbers as offline (max |Δ|). Prints one JSON object: throughput of both, their ratio,
-latency percentiles, the server's mean coalesced batch size.
+latency percentiles, the server's mean coalesced batch size, and CPU seconds of offline, the
+clients and the server (its event loop and its other threads apart), which move much less
+than wall-clock rates on a shared machine.
 """
 
 from __future__ import annotations
@@ -61,6 +63,23 @@ def post(url: str, body: dict, timeout: float = 120.0) -> tuple[int, dict | list
         return 0, {"error": repr(exc)}, time.perf_counter() - start
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of process ``pid``: its main thread (the server's event
+    loop) and all its other threads together (the model thread, mostly)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"event_loop": 0.0, "other_threads": 0.0}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:     # the thread ended
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        name = "event_loop" if int(tid) == pid else "other_threads"
+        out[name] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def drive(url: str, pairs: list[dict], clients: int, per_request: int) -> dict:
     """POST the pairs in groups from `clients` threads; check each comes back once."""
     groups = [pairs[i:i + per_request] for i in range(0, len(pairs), per_request)]
@@ -100,8 +119,10 @@ def main() -> int:
     scorer = Scorer.from_pretrained(args.model, threads=args.threads)
     scorer.score_many(pairs[:64])                                   # warm up
     start = time.perf_counter()
+    cpu = time.process_time()
     offline = {s.id: s.logprob for s in scorer.score_many(pairs)}
     offline_s = time.perf_counter() - start
+    offline_cpu = time.process_time() - cpu
 
     port = free_port()
     cmd = [sys.executable, "-m", "loglik", "serve", "--port", str(port),
@@ -122,7 +143,9 @@ def main() -> int:
                     return 1
                 time.sleep(0.2)
         drive(url, pairs[:64], 4, 1)                                # warm up
+        cpu_before, own_before = thread_cpu(server.pid), time.process_time()
         run = drive(url, pairs, args.clients, args.pairs_per_request)
+        cpu_after, own_after = thread_cpu(server.pid), time.process_time()
         metrics = urllib.request.urlopen(url + "/metrics").read().decode()
     finally:
         server.terminate()
@@ -137,6 +160,9 @@ def main() -> int:
            "offline_pairs_per_s": len(pairs) / offline_s,
            "served_pairs_per_s": len(pairs) / run["wall_s"],
            "ratio": offline_s / run["wall_s"], "max_abs_diff_vs_offline": diff,
+           "offline_cpu_s": offline_cpu, "clients_cpu_s": own_after - own_before,
+           "server_cpu_s": {name: round(cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0), 2)
+                            for name in cpu_after},
            "mean_requests_per_batch": float(values["loglik_batch_requests_sum"]) / batches,
            **run}
     print(json.dumps(out, indent=1))

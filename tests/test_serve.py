@@ -289,6 +289,64 @@ def test_batcher_gives_each_job_its_own_results(llama_scorer):
     assert batcher.metrics.batch_requests.n >= 1
 
 
+def test_batcher_tokenizes_waiting_requests_in_one_call(llama_scorer, monkeypatch):
+    """Text pairs of the requests waiting while the tokenizer is busy go through one
+    ``encode_many`` call and get what each alone gets; a pair the encoder refuses and a job its
+    ``check`` refuses fail alone, their neighbours still answered."""
+    from loglik.errors import LoglikError
+    from loglik.serve.batcher import Batcher
+    from loglik.serve.schemas import APIError
+    from loglik.types import Example
+
+    calls: list[int] = []
+    busy = threading.Event()
+    encode_many = llama_scorer.encoder.encode_many
+
+    def counted(exs):   # the first call waits until every request below is queued
+        calls.append(len(exs))
+        busy.wait(30)
+        return encode_many(exs)
+
+    monkeypatch.setattr(llama_scorer.encoder, "encode_many", counted)
+    jobs = [[Example("The capital of France is", " Paris.")],
+            [Example("The dog", " sleeps."), Example("", "An empty prompt.")],
+            [Example("Question: what?\nAnswer:", " forty-two")]]
+    too_long = [Example("a " * 300, "b")]                      # over the 256-token context
+
+    def refuse(encoded):
+        raise APIError(413, "pairs: too many tokens", "pairs")
+
+    batcher = Batcher(llama_scorer, wait_ms=50)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.score_examples(jobs[0]))
+        while not calls:                           # the tokenizer thread holds the first job
+            await asyncio.sleep(0.01)
+        rest = [asyncio.ensure_future(c) for c in
+                [batcher.score_examples(j) for j in jobs[1:]]
+                + [batcher.score_examples(too_long), batcher.score_examples(jobs[0],
+                                                                             check=refuse)]]
+        await asyncio.sleep(0.1)
+        busy.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        busy.set()
+        batcher.stop()
+        monkeypatch.undo()
+    assert calls[:2] == [1, 5]                 # the four requests that waited: one call
+    assert isinstance(out[3], LoglikError) and "256" in str(out[3])
+    assert isinstance(out[4], APIError) and out[4].status == 413
+    for job, (encoded, results) in zip(jobs, out[:3]):
+        assert encoded == llama_scorer.encoder.encode_many(job)
+        alone = llama_scorer.score_many(job)
+        assert [len(r.logprobs) for r in results] == [s.num_tokens for s in alone]
+        for res, score in zip(results, alone):
+            assert abs(math.fsum(res.logprobs) - score.logprob) < 1e-5
+
+
 def test_eos_generated_is_in_the_logprobs_not_the_text(tiny_llama, sp_tokenizer):
     """A model whose greedy next token is always EOS: ``echo`` + ``max_tokens=1`` still returns
     one entry past the prompt (lm-eval's local-completions drops the last entry as the

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ..errors import LoglikError, require
-from ..types import Example
+from ..types import Detail, Encoded, Example
 from .batcher import Batcher, QueueFull
 from .completions import (Pieces, apply_stop, build_prompt, choice_logprobs, completion_body,
                           detail_for, generate, prompt_logprobs, to_request)
@@ -125,17 +125,18 @@ class Server:
         req = ScoreRequest.parse(body, self.config)
         examples = [Example(p, r, id=i, source=None, line=n + 1)
                     for n, (p, r, i) in enumerate(req.pairs)]
-        encoded = self.scorer.encoder.encode_many(examples)
-        total = sum(len(e.context_ids) + len(e.response_ids) for e in encoded)
-        if total > self.config.max_request_tokens:
-            raise APIError(413, f"pairs: {total} tokens exceed this server's limit of "
-                           f"{self.config.max_request_tokens} per request; send fewer pairs",
-                           "pairs")
-        from ..types import Detail, Request
+        limit = self.config.max_request_tokens
+
+        def check(encoded: list[Encoded]) -> None:   # on the batcher's tokenizer thread
+            total = sum(len(e.context_ids) + len(e.response_ids) for e in encoded)
+            if total > limit:
+                raise APIError(413, f"pairs: {total} tokens exceed this server's limit of "
+                               f"{limit} per request; send fewer pairs", "pairs")
 
         detail = Detail(rank=req.rank, entropy=req.entropy, top_k=req.top_k)
-        results = await self.batcher.score(   # type: ignore[union-attr]
-            [Request(e.context_ids, e.response_ids) for e in encoded], detail)
+        # Tokenized off the event loop, with the other requests waiting (batcher.py).
+        encoded, results = await self.batcher.score_examples(   # type: ignore[union-attr]
+            examples, detail, check=check)
         return [self.scorer.to_score(e, r, ex.id).to_record()   # the `loglik score` record
                 for e, r, ex in zip(encoded, results, examples)]
 
