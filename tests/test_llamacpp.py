@@ -249,8 +249,8 @@ def test_echo_path_token_logprobs_are_off_by_one_without_bos(name, models, gguf_
     ids = llm._input_ids.tolist()                                     # what was evaluated
     assert ids == tok(text)["input_ids"]
     with torch.no_grad():
-        logp = reference_logprobs(model(torch.tensor([ids])).logits,
-                                  torch.tensor([ids]))[0].tolist()    # (T-1,): log Pr(t_i+1 | t_<=i)
+        logp = reference_logprobs(model(torch.tensor([ids])).logits,   # (T-1,): entry i is
+                                  torch.tensor([ids]))[0].tolist()    # log Pr(t_i+1 | t_<=i)
     bos = ids[0] == tok.bos_token_id
     assert bos == (name == "llama")
     assert echoed[0] is None
