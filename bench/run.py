@@ -184,12 +184,17 @@ def print_table(wname: str, fl: dict, runs: dict, gflops: float) -> None:
         diff = "-"
         if ref is not None and label != "loglik":
             d = max(abs(a - b) for a, b in zip(ref, res["logprobs"]))
-            rounded = "bf16" in label or "q8_0" in label   # weights rounded on purpose
+            # weights rounded on purpose; the echo path keeps llama-cpp-python's F16 KV cache
+            rounded = "bf16" in label or "q8_0" in label or label.startswith("echo")
             diff = f"{d:.2e}" + ("" if d <= AGREE_NATS or rounded else " DISAGREE")
         part = (f" ({res['records']} of {fl['requests']} requests)"
                 if res.get("records", fl["requests"]) < fl["requests"] else "")
         print(f"  {label:<16} {tps:>8,.0f} {ratio:>12} {res['peak_rss_mb'] / 1024:>7.2f}GB "
               f"{tps / (counted / limit_s):>8.0%} {diff:>20}{part}")
+        if ref is not None and "echo_token_logprobs" in res:
+            d = max(abs(a - b) for a, b in zip(ref, res["echo_token_logprobs"]))
+            print(f"  {'':<16} its echoed token_logprobs summed (entries c..c+n-1, as lm-eval "
+                  f"reads them): max |diff| {d:.2f} nats (misaligned, see worker.run_echo)")
         if label.startswith("loglik gguf"):
             print(f"  {'':<16} speed: {gguf_ratios(label, res, runs, counted)}")
         if "padding_waste" in res:

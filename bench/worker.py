@@ -110,10 +110,17 @@ def run_echo(model, records, args):
     """llama-cpp-python's completion path with echo: what lm-eval's gguf model and most
     scripts use. logits_all=True keeps n_ctx x vocab logits. It takes text only (a token-id
     prompt fails with echo), so its tokenize is the bench's word-level tokenizer (the GGUF's
-    own vocabulary cannot split "w17 w912"). Its token_logprobs are shifted by one position
-    (llama-cpp-python #1276, #1983: entry i is log Pr(token i+1)); the response's terms are
-    entries c-1 .. c+n-2, which match loglik's numbers."""
+    own vocabulary cannot split "w17 w912").
+
+    Its token_logprobs cannot be summed here: with no BOS in front (the bench's tokenizer
+    adds none) entry i is log-softmax(logits at position i)[token i], the distribution that
+    predicts token i+1 read at token i (llama-cpp-python #1276, #1983; entry 0 is None).
+    The call is timed as users make it, and the response's terms are read from the logits it
+    filled (``llm.scores``, the logits_all buffer): row c-1+j predicts response token j.
+    ``echo_token_logprobs`` keeps the sums the echo output gives (entries c .. c+n-1, the
+    usual reading), to show how far off they are."""
     import llama_cpp
+    import numpy as np
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(model)
@@ -122,15 +129,18 @@ def run_echo(model, records, args):
                           n_threads_batch=args.threads, logits_all=True, verbose=False)
     llm.tokenize = lambda text, add_bos=True, special=False: hf(  # noqa: E731
         text.decode("utf-8"), add_special_tokens=False)["input_ids"]
-    out = []
+    out, as_echoed = [], []
     t = time.perf_counter()
     for r in records:
         res = llm.create_completion(r["prompt"] + r["response"], max_tokens=1, echo=True,
                                     logprobs=1, temperature=0.0)
-        lps = res["choices"][0]["logprobs"]["token_logprobs"]
         c, n = len(r["context_ids"]), len(r["response_ids"])
-        out.append(float(sum(lps[c - 1:c - 1 + n])))
-    return out, time.perf_counter() - t, {}
+        rows = llm.scores[c - 1:c - 1 + n].astype(np.float64)            # (n, V)
+        lse = np.log(np.exp(rows - rows.max(-1, keepdims=True)).sum(-1)) + rows.max(-1)
+        out.append(float((rows[np.arange(n), r["response_ids"]] - lse).sum()))
+        lps = res["choices"][0]["logprobs"]["token_logprobs"]
+        as_echoed.append(float(sum(lps[c:c + n])))
+    return out, time.perf_counter() - t, {"echo_token_logprobs": as_echoed}
 
 
 TOOLS = {"loglik": run_loglik, "gguf": run_gguf, "echo": run_echo, "lmeval": run_lmeval,

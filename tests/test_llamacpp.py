@@ -228,6 +228,42 @@ def test_from_llama_gives_the_same_scores(gguf_files, gguf_scorers):
     assert got == pytest.approx(want, abs=1e-5)
 
 
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_echo_path_token_logprobs_are_off_by_one_without_bos(name, models, gguf_files):
+    """Why bench/ does not sum llama-cpp-python's echo ``token_logprobs`` (#1276, #1983).
+
+    ``create_completion(echo=True, logprobs=1)`` pairs the prompt's tokens with the rows of
+    its logits buffer after dropping a leading BOS: with a BOS (Llama) entry i is
+    log Pr(t_i | t_<i) and the first token's entry is None; without one (Qwen2) entry i is
+    log-softmax(row i)[t_i], the distribution that predicts t_i+1 read at t_i, which no
+    shift of the list repairs. If this fails, llama-cpp-python changed: update
+    bench/worker.py run_echo and the README's GGUF section."""
+    import llama_cpp
+
+    model, tok = models[name]
+    text = "The quick brown fox jumps over the lazy dog."
+    llm = llama_cpp.Llama(model_path=gguf_files[name, "f32"], n_ctx=64, n_threads=1,
+                          logits_all=True, type_k=0, type_v=0, verbose=False)   # F32 cache
+    out = llm.create_completion(text, max_tokens=1, echo=True, logprobs=1, temperature=0.0)
+    echoed = out["choices"][0]["logprobs"]["token_logprobs"]
+    ids = llm._input_ids.tolist()                                     # what was evaluated
+    assert ids == tok(text)["input_ids"]
+    with torch.no_grad():
+        logp = reference_logprobs(model(torch.tensor([ids])).logits,   # (T-1,): entry i is
+                                  torch.tensor([ids]))[0].tolist()    # log Pr(t_i+1 | t_<=i)
+    bos = ids[0] == tok.bos_token_id
+    assert bos == (name == "llama")
+    assert echoed[0] is None
+    if bos:   # entry i (BOS dropped) is token i+1 of ids: aligned, the first one lost
+        assert echoed[1:len(ids) - 1] == pytest.approx(logp[1:], abs=1e-4)
+    else:     # entry i is row i's log-prob of token i itself
+        with torch.no_grad():
+            rows = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        misread = [rows[i, ids[i]].item() for i in range(1, len(ids))]
+        assert echoed[1:len(ids)] == pytest.approx(misread, abs=1e-4)
+        assert max(abs(a - b) for a, b in zip(echoed[1:len(ids)], logp)) > 0.1   # not them
+
+
 def test_missing_file_is_one_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         Scorer.from_pretrained(str(tmp_path / "nope.gguf"))
