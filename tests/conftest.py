@@ -19,6 +19,16 @@ def torch_threads():
     return torch
 
 
+@pytest.fixture
+def one_thread(torch_threads):
+    """One torch thread for the test, restored after: tiny models run fastest on one thread
+    (and do not fight other processes for cores)."""
+    before = torch_threads.get_num_threads()
+    torch_threads.set_num_threads(1)
+    yield
+    torch_threads.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def bpe_tokenizer():
     """GPT-2 style byte-level BPE, BOS = EOS never added."""

@@ -27,12 +27,7 @@ PAIRS = [("The capital of France is", " Paris."), ("Translate: hello", " bonjour
 WORDS = "the cat dog sat on mat red blue big small house tree".split()
 
 
-@pytest.fixture(autouse=True)
-def one_thread(torch_threads):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["t5", "bart"])
