@@ -93,16 +93,21 @@ def layout_rows(rows: Sequence[Sequence[Unit]], targets: Sequence[Sequence[int]]
                      torch.tensor(tgt, dtype=torch.long), order, lengths)
 
 
+def tree_causal(branch_ids: torch.Tensor) -> torch.Tensor:
+    """(..., T) branch ids (-1 = context) -> (..., T, T) bool: causal, and a branch token
+    sees the context and its own branch only. Within one unit, that is the whole rule."""
+    t = branch_ids.shape[-1]
+    idx = torch.arange(t, device=branch_ids.device)
+    causal = idx.unsqueeze(1) >= idx.unsqueeze(0)                        # (T, T) k <= q
+    kb = branch_ids.unsqueeze(-2)                                        # (..., 1, T) keys
+    return causal & ((kb == -1) | (kb == branch_ids.unsqueeze(-1)))      # (..., T, T)
+
+
 def allowed(layout: RowLayout, sliding_window: int | None = None) -> torch.Tensor:
     """(B, T, T) bool: query q may attend to key k (see the module docstring)."""
     u, br, pos = layout.unit_ids, layout.branch_ids, layout.position_ids
-    t = u.shape[1]
-    idx = torch.arange(t)
-    causal = idx.unsqueeze(1) >= idx.unsqueeze(0)                        # (T, T) k <= q
     same_unit = (u.unsqueeze(2) == u.unsqueeze(1)) & (u.unsqueeze(2) >= 0)  # (B, T, T)
-    kb = br.unsqueeze(1)                                                 # (B, 1, T) key branch
-    tree = (kb == -1) | (kb == br.unsqueeze(2))                          # (B, T, T)
-    ok = same_unit & tree & causal                                       # (B, T, T)
+    ok = same_unit & tree_causal(br)                                     # (B, T, T)
     if sliding_window:
         ok &= (pos.unsqueeze(2) - pos.unsqueeze(1)) < sliding_window
     pad = u < 0                                                          # (B, T)

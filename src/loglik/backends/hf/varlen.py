@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from ...masks import RowLayout, additive_mask
+from ...masks import RowLayout, additive_mask, tree_causal
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,7 @@ def segment_plan(layout: RowLayout, dtype: torch.dtype,
         br = branches[s:e]
         mask = None
         if int(br.max()) > 0:                                          # more than one branch
-            key = br.unsqueeze(0)                                      # (1, L)
-            causal = torch.ones(e - s, e - s, dtype=torch.bool).tril()  # (L, L)
-            ok = causal & ((key == -1) | (key == br.unsqueeze(1)))      # (L, L)
-            mask = additive_mask(ok.unsqueeze(0), dtype).to(device)     # (1, 1, L, L)
+            mask = additive_mask(tree_causal(br).unsqueeze(0), dtype).to(device)  # (1,1,L,L)
         out.append(Segment(s // t, s % t, s % t + (e - s), mask))
     return SegmentPlan(tuple(out), cu, longest, all(g.mask is None for g in out))
 
