@@ -41,7 +41,7 @@ class _Job:
     fn: Callable[[], Any] | None
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
-    examples: Sequence[Example] | None = None   # text pairs, tokenized on the model thread
+    examples: Sequence[Example] | None = None   # text pairs, for the tokenizer thread
     check: Callable[[list[Encoded]], None] | None = None   # raises to refuse the encoded pairs
     encoded: list[Encoded] | None = None
 
