@@ -212,12 +212,9 @@ def response_nll(model: Any, batch: dict[str, torch.Tensor], *,
     else:   # a logit transform or an unusual head: per-token NLL from the model's logits
         logits = model(**inputs, use_cache=False).logits                   # (B, T, V)
         lg, _ = shift(logits, targets)                                     # (B, T-1, V)
-        lg = lg[rows, cols].float()                                        # (N, V)
-        token_nll = torch.logsumexp(lg, -1) - lg.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        token_nll = _logits_nll(lg[rows, cols], tgt)                        # (N,)
         loss = token_nll.sum() * scale                                     # ()
-    per_row = torch.zeros(ids.shape[0], dtype=torch.float64, device=device)
-    per_row.index_add_(0, rows, token_nll.detach().double())              # (B,)
-    return loss, per_row.cpu()
+    return loss, _row_totals(token_nll, rows, ids.shape[0])
 
 
 def _seq2seq_nll(model: Any, batch: dict[str, torch.Tensor], reduction: str,
@@ -230,11 +227,21 @@ def _seq2seq_nll(model: Any, batch: dict[str, torch.Tensor], reduction: str,
     tgt = labels[rows, cols]                                               # (N,)
     scale = _scale(reduction, rows, num_items)
     logits = model(**{k: batch[k].to(device) for k in names}, use_cache=False).logits  # (B, T, V)
-    lg = logits[rows, cols].float()                                        # (N, V)
-    token_nll = torch.logsumexp(lg, -1) - lg.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (N,)
-    per_row = torch.zeros(labels.shape[0], dtype=torch.float64, device=device)
+    token_nll = _logits_nll(logits[rows, cols], tgt)                       # (N,)
+    return token_nll.sum() * scale, _row_totals(token_nll, rows, labels.shape[0])
+
+
+def _logits_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N, V) logits, (N,) targets -> (N,) -log softmax at the targets, in fp32."""
+    lg = logits.float()
+    return torch.logsumexp(lg, -1) - lg.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _row_totals(token_nll: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(N,) per-token NLL of rows ``rows`` -> (B,) float64 sums per row, on the CPU."""
+    per_row = torch.zeros(batch_size, dtype=torch.float64, device=token_nll.device)
     per_row.index_add_(0, rows, token_nll.detach().double())              # (B,)
-    return token_nll.sum() * scale, per_row.cpu()
+    return per_row.cpu()
 
 
 def _scale(reduction: str, rows: torch.Tensor, num_items: int | torch.Tensor | None) -> float:
