@@ -17,7 +17,6 @@ import random
 import shutil
 from pathlib import Path
 
-import default_model_eval as ev
 import stdlib_corpus as corpus
 import thirdparty_pairs as thirdparty
 from build_default_model import (HELDOUT_PAIRS, _documents, _loglik_train, _read_jsonl,
@@ -161,14 +160,8 @@ def stage_average(work: Path, args) -> None:
 
 def _both_matchings(model_dir: Path, threads: int) -> dict:
     """Matching rates of a model folder on the stdlib and the third-party held-out pairs."""
-    import torch
-
-    from loglik import Scorer
-
-    torch.set_num_threads(threads)
-    scorer = Scorer.from_pretrained(str(model_dir))
-    return {name: ev.matching(scorer, _read_jsonl(path), seed=0)["rate"]
-            for name, path in (("stdlib", HELDOUT_PAIRS), ("thirdparty", thirdparty.PAIRS))}
+    got = thirdparty.measure(str(model_dir), threads, same_package_pass=False)
+    return {name: got[name]["rate"] for name in ("stdlib", "thirdparty")}
 
 
 def stage_pick(work: Path, args) -> None:
