@@ -10,10 +10,11 @@ import torch
 from loglik import Scorer
 from loglik.backends.hf import HFBackend, default_dtype
 from loglik.backends.hf import packed as packed_mod
+from loglik.backends.hf import tree_attention as ta
 from loglik.backends.hf import varlen as vl
 from loglik.backends.hf.backend import head_chunk_rows
 from loglik.logprobs import reference_logprobs
-from loglik.masks import layout_rows
+from loglik.masks import layout_rows, tree_causal
 from loglik.plan import Unit, plan_packed
 from loglik.testing import tiny_model
 from loglik.types import Request
@@ -93,22 +94,59 @@ def test_shared_contexts_take_their_tree_block_and_stay_exact(torch_threads, mon
         assert sum(got[i].logprobs) == pytest.approx(_reference(model, r), abs=1e-4)
 
 
-def test_segment_plan_tree_blocks_and_padding():
+def test_segment_plan_tree_parts_and_padding():
     # row 0: a tree unit (context 3, branches of 2 and 1 targets[:-1] tokens) + a plain unit;
     # row 1: a plain unit and padding
     rows = [(Unit((1, 2, 3), (0, 1), (1, 1)), Unit((4, 5), (2,), (1,))), (Unit((6,), (3,), (1,)),)]
     layout = layout_rows(rows, [(7, 8, 9), (9, 9), (5, 5), (3, 3)], width=10)
     plan = vl.segment_plan(layout, torch.float32)
-    assert [(g.row, g.start, g.end, g.mask is None) for g in plan.segments] == [
-        (0, 0, 6, False), (0, 6, 9, True), (1, 0, 2, True)]
+    assert [(g.row, g.start, g.end, g.mask is None, g.tree is None) for g in plan.segments] == [
+        (0, 0, 6, True, False), (0, 6, 9, True, True), (1, 0, 2, True, True)]
     assert not plan.all_plain
-    ok = plan.segments[0].mask[0, 0] == 0                                # (6, 6) allowed
-    # context causal; branch 0 (cols 3-4) sees the context and itself; branch 1 (col 5)
-    # sees the context and itself, not branch 0
-    expected = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
-                             [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 1]],
-                            dtype=torch.bool)
-    assert torch.equal(ok, expected)
+    tree = plan.segments[0].tree
+    # context 3 tokens; branch 0 = branch tokens 0-1, branch 1 = token 2 (padded with itself)
+    assert tree.context == 3
+    assert tree.slots.tolist() == [[0, 1], [2, 2]] and tree.flat.tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("branches", [[2, 1], [1, 1, 1, 1], [5, 3, 7], [1], [4]])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2)])
+def test_tree_attention_by_parts_equals_the_dense_tree_mask(branches, heads):
+    torch.manual_seed(len(branches) + heads[1])
+    context = 6
+    br = torch.tensor([-1] * context + [j for j, n in enumerate(branches) for _ in range(n)])
+    length = len(br)
+    hq, hkv = heads
+    q = torch.randn(1, hq, length, 8, dtype=torch.float64) * 3
+    k = torch.randn(1, hkv, length, 8, dtype=torch.float64) * 3
+    v = torch.randn(1, hkv, length, 8, dtype=torch.float64)
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1),
+        attn_mask=tree_causal(br))                                       # (1, Hq, L, D)
+    parts = ta.tree_parts(br)
+    assert parts.context == context and parts.slots.shape == (len(branches), max(branches))
+    got = ta.tree_attention(q.float(), k.float(), v.float(), parts, None)
+    assert (got.double() - dense).abs().max() < 1e-5
+    assert (ta.tree_attention(q, k, v, parts, 0.3) - torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1),
+        attn_mask=tree_causal(br), scale=0.3)).abs().max() < 1e-10
+
+
+def test_attention_lse_kernel_and_math_agree():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
+    for causal in (False, True):
+        o1, l1 = ta.attention_lse(q, k, v, causal, None)
+        o2, l2 = ta.attention_lse_math(q, k, v, causal, None)
+        assert (o1 - o2).abs().max() < 1e-5 and (l1 - l2).abs().max() < 1e-5
+        assert l1.shape == (2, 3, 7)
+
+
+def test_tree_parts_refuses_other_layouts():
+    assert ta.tree_parts(torch.tensor([0, 0, 1])) is None               # no context
+    assert ta.tree_parts(torch.tensor([-1, -1])) is None                # no branch
+    assert ta.tree_parts(torch.tensor([-1, 0, -1, 1])) is None          # context after a branch
+    assert ta.tree_parts(torch.tensor([-1, 0, 1, 0])) is None           # a branch in two runs
 
 
 def test_compact_module_takes_segments(torch_threads, tmp_path):

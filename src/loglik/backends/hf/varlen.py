@@ -10,7 +10,9 @@ cut at ``cu_seqlens``, and attends to itself only:
   plain segments of a batch go through ``torch.nn.attention.varlen.varlen_attn`` (flash
   kernels, no mask); elsewhere one ``scaled_dot_product_attention(is_causal=True)`` each;
 * a shared-context unit (a tree: the context, then branches that see the context and
-  themselves) takes its own (L, L) block of the tree mask, one SDPA call per unit;
+  themselves) is attended by parts (:mod:`.tree_attention`: the context causally, the
+  branches against the context and each against itself, merged by their log-sum-exps), or,
+  if laid out otherwise, with its own (L, L) block of the tree mask;
 * padding is not computed (its outputs are never read).
 
 The plain equivalent is each request forwarded alone; :func:`varlen_self_check` compares
@@ -33,6 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from ...masks import RowLayout, additive_mask, tree_causal
+from .tree_attention import TreeParts, tree_attention, tree_parts
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +57,15 @@ def segments(layout: RowLayout) -> tuple[torch.Tensor, int]:
 
 @dataclass(frozen=True)
 class Segment:
-    """One unit of a packed batch: row ``row``, columns ``start:end``; ``mask`` is its
-    additive (1, 1, L, L) block of the tree mask, None for a plain (causal) unit."""
+    """One unit of a packed batch: row ``row``, columns ``start:end``. A plain (causal) unit
+    has neither ``tree`` nor ``mask``; a shared-context unit has its :class:`TreeParts`, or
+    ``mask``, its additive (1, 1, L, L) block of the tree mask."""
 
     row: int
     start: int
     end: int
     mask: torch.Tensor | None = None
+    tree: TreeParts | None = None
 
 
 @dataclass(frozen=True)
@@ -86,11 +91,14 @@ def segment_plan(layout: RowLayout, dtype: torch.dtype,
         if units[s] < 0:
             continue                                                   # padding
         br = branches[s:e]
-        mask = None
+        mask = tree = None
         if int(br.max()) > 0:                                          # more than one branch
-            mask = additive_mask(tree_causal(br).unsqueeze(0), dtype).to(device)  # (1,1,L,L)
-        out.append(Segment(s // t, s % t, s % t + (e - s), mask))
-    return SegmentPlan(tuple(out), cu, longest, all(g.mask is None for g in out))
+            tree = tree_parts(br, device)
+            if tree is None:
+                mask = additive_mask(tree_causal(br).unsqueeze(0), dtype).to(device)  # (1,1,L,L)
+        out.append(Segment(s // t, s % t, s % t + (e - s), mask, tree))
+    return SegmentPlan(tuple(out), cu, longest,
+                       all(g.mask is None and g.tree is None for g in out))
 
 
 def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -103,6 +111,11 @@ def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     out = query.new_zeros(b, t, hq, value.shape[-1])                    # (B, T, Hq, D)
     for g in plan.segments:
         cols = slice(g.start, g.end)
+        if g.tree is not None:
+            o = tree_attention(query[g.row:g.row + 1, :, cols], key[g.row:g.row + 1, :, cols],
+                               value[g.row:g.row + 1, :, cols], g.tree, scaling)
+            out[g.row, cols] = o[0].transpose(0, 1)
+            continue
         o = F.scaled_dot_product_attention(
             query[g.row:g.row + 1, :, cols], key[g.row:g.row + 1, :, cols],
             value[g.row:g.row + 1, :, cols], attn_mask=g.mask, is_causal=g.mask is None,
