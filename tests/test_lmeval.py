@@ -292,6 +292,46 @@ def test_hf_depends_on_neighbours_loglik_is_exact(tiny_gpt2_dir, torch_threads):
 
 
 # -- the model object ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_gguf_file_and_server_give_the_hf_backends_numbers(tiny_llama, sp_tokenizer,
+                                                          tiny_model_dir, task_dir, tmp_path):
+    """"Works with every loglik backend": the same tasks through ``model="loglik"`` on the
+    tiny Llama's folder, on a GGUF file of it (llama.cpp) and through ``loglik serve`` on
+    loopback (the openai backend): every per-sample log-likelihood within the GGUF
+    backend's 1e-3 and the server's 1e-4 of the folder's, the same metrics."""
+    pytest.importorskip("llama_cpp", reason="pip install 'loglik[llamacpp]'")
+    pytest.importorskip("uvicorn", reason="pip install 'loglik[serve]'")
+    from loglik import Scorer
+    from loglik.lmeval import LoglikLM
+    from loglik.serve import BackgroundServer, create_app
+    from loglik.testing_gguf import write_gguf
+
+    tasks = ["lt_mc", "lt_ll", "lt_roll"]
+    gguf = tmp_path / "tiny.gguf"
+    write_gguf(tiny_llama, sp_tokenizer, gguf)
+    want = evaluate("loglik", f"pretrained={tiny_model_dir},max_length={MAX_LENGTH}", task_dir,
+                    tasks=tasks)
+    runs = {"gguf": (evaluate("loglik", f"pretrained={gguf},max_length={MAX_LENGTH}",
+                              task_dir, tasks=tasks), 1e-3)}
+    with BackgroundServer(create_app(Scorer.from_hf(tiny_llama, sp_tokenizer),
+                                     model_name="tiny")) as srv:
+        lm = LoglikLM(Scorer.from_server(srv.url + "/v1", tokenizer=sp_tokenizer),
+                      max_length=MAX_LENGTH)
+        runs["server"] = (evaluate(lm, None, task_dir, tasks=tasks), TOL)
+    for name, (got, tol) in runs.items():
+        for task in tasks:
+            a, b = per_sample(got, task), per_sample(want, task)
+            assert sorted(a) == sorted(b) and a, (name, task)
+            for doc in b:
+                for x, y in zip(a[doc], b[doc]):
+                    lp_x, lp_y = (x[0], y[0]) if isinstance(x, (list, tuple)) else (x, y)
+                    assert abs(lp_x - lp_y) <= tol, (name, task, doc, lp_x, lp_y)
+            metrics = {k: v for k, v in want["results"][task].items() if "stderr" not in k}
+            for k, v in metrics.items():
+                if isinstance(v, float) and "perplexity" not in k and "bits" not in k:
+                    assert got["results"][task][k] == v, (name, task, k)
+
+
 def test_wraps_an_existing_scorer_and_strided_rolling(llama_scorer, task_dir):
     from loglik.lmeval import LoglikLM
 
