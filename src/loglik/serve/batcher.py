@@ -72,11 +72,16 @@ class Batcher:
         max_tokens: tokens gathered into one scorer call at most (one job may exceed it).
         max_queue: jobs waiting at most (to be tokenized or scored); the next one raises
             :class:`QueueFull`.
+        run: scores one coalesced batch (default ``scorer.run_requests``; with a model
+            worker, :meth:`WorkerBackend.run_requests`, which plans it in the worker).
     """
 
     def __init__(self, scorer: Any, *, wait_ms: float = 5.0, max_tokens: int = 16384,
-                 max_queue: int = 1024, metrics: Metrics | None = None) -> None:
+                 max_queue: int = 1024, metrics: Metrics | None = None,
+                 run: Callable[[Sequence[Request], Detail], list[TokenResult]] | None = None
+                 ) -> None:
         self.scorer = scorer
+        self.run = run or scorer.run_requests
         self.wait = wait_ms / 1000.0
         self.max_tokens = max_tokens
         self.max_queue = max_queue
@@ -228,7 +233,7 @@ class Batcher:
     def _run_batch(self, batch: list[_Job]) -> None:
         requests = [r for job in batch for r in job.requests]   # type: ignore[union-attr]
         try:
-            results = self.scorer.run_requests(requests, batch[0].detail)
+            results = self.run(requests, batch[0].detail)  # type: ignore[arg-type]
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].resolve(error=exc)
