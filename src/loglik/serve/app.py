@@ -259,11 +259,14 @@ def create_app(scorer: Any, config: ServeConfig | None = None, *,
         return server.models()
 
     async def health(request: HTTPRequest) -> Any:
-        if server.worker is not None and not server.worker.alive:
+        if server.worker is None:
+            return {"status": "ok", "model": model_name}
+        if not server.worker.alive:
             return JSONResponse({"status": "error", "model": model_name,
+                                 "worker_pid": server.worker.pid,
                                  "error": "the model worker process is not running"},
                                 status_code=503)
-        return {"status": "ok", "model": model_name}
+        return {"status": "ok", "model": model_name, "worker_pid": server.worker.pid}
 
     async def metrics(request: HTTPRequest) -> Any:
         return PlainTextResponse(server.metrics.render(),
