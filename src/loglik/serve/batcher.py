@@ -8,7 +8,8 @@ two per request on the event loop, where it measured a third of the loop's time 
 per request; and not on the model thread, which it slowed when the model was the limit), then
 queues them for the model. One worker thread owns the model: it takes the oldest job, waits up
 to ``wait_ms`` for more jobs asking for the same :class:`~loglik.types.Detail` (up to
-``max_tokens``), and scores them all in one :meth:`Scorer.run_requests` call, so requests
+``max_tokens``), and scores them all in one :meth:`Scorer.run_requests` call (with a model
+worker process, :mod:`loglik.serve.worker`, it sends them there and waits), so requests
 sharing a context across clients read it once. A score does not depend on its neighbours (the
 planner's invariance, to float rounding). If a coalesced call fails, each job is retried alone
 so one bad request cannot fail its neighbours.
