@@ -289,44 +289,6 @@ def test_batcher_gives_each_job_its_own_results(llama_scorer):
     assert batcher.metrics.batch_requests.n >= 1
 
 
-def test_batcher_does_not_wait_again_for_requests_that_waited_for_the_model(llama_scorer):
-    """The batch wait (1 s here) counts from the first request's arrival: requests queued for
-    longer while the model was busy go as soon as it is free, without a request that comes
-    0.4 s later (waiting again from then would take it along: batches [1, 4])."""
-    from loglik.serve.batcher import Batcher
-    from loglik.types import Request
-
-    busy, batches = threading.Event(), []
-
-    def run(requests, detail):   # the model: the first batch holds it until released
-        batches.append(len(requests))
-        if len(batches) == 1:
-            busy.wait(30)
-        return llama_scorer.run_requests(requests, detail)
-
-    batcher = Batcher(llama_scorer, wait_ms=1000, max_tokens=16, run=run)
-    first = [Request((1,), tuple(range(40, 56)))]     # the token budget: alone in its batch
-    queued = [[Request((1, 40), (50 + i,))] for i in range(3)]
-
-    async def main():
-        one = asyncio.ensure_future(batcher.score(first))
-        while not batches:
-            await asyncio.sleep(0.01)
-        more = [asyncio.ensure_future(batcher.score(j)) for j in queued]
-        await asyncio.sleep(1.2)   # queued longer than the wait
-        busy.set()
-        await asyncio.sleep(0.4)
-        late = asyncio.ensure_future(batcher.score([Request((1, 41), (60,))]))
-        return await asyncio.wait_for(asyncio.gather(one, *more, late), 20)
-
-    try:
-        out = asyncio.run(main())
-    finally:
-        busy.set()
-        batcher.stop()
-    assert batches == [1, 3, 1] and all(len(r) == 1 for r in out)
-
-
 def test_batcher_tokenizes_waiting_requests_in_one_call(llama_scorer, monkeypatch):
     """Text pairs of the requests waiting while the tokenizer is busy go through one
     ``encode_many`` call and get what each alone gets; a pair the encoder refuses and a job its
