@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..types import Detail, Encoded, Example, Request, TokenResult
@@ -45,7 +45,6 @@ class _Job:
     examples: Sequence[Example] | None = None   # text pairs, for the tokenizer thread
     check: Callable[[list[Encoded]], None] | None = None   # raises to refuse the encoded pairs
     encoded: list[Encoded] | None = None
-    since: float = field(default_factory=time.monotonic)   # when the request arrived
 
     @property
     def tokens(self) -> int:
@@ -182,14 +181,9 @@ class Batcher:
             self._run_batch(batch)
 
     def _gather(self, first: _Job) -> list[_Job]:
-        """``first`` and the jobs with the same detail that arrive within the wait.
-
-        The wait counts from ``first``'s arrival: a job that already waited for the model (busy
-        with the previous batch) has had its window, and what came meanwhile is queued; waiting
-        again would leave the model idle (measured: the worker ~25% idle at 1 pair/request).
-        """
+        """``first`` and the jobs with the same detail that arrive within the wait."""
         batch, tokens = [first], first.tokens
-        deadline = first.since + self.wait
+        deadline = time.monotonic() + self.wait
         with self._cv:
             while tokens < self.max_tokens:
                 for job in list(self._jobs):
