@@ -65,9 +65,19 @@ def post(url: str, body: dict, timeout: float = 120.0) -> tuple[int, dict | list
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) of process ``pid``: its main thread (the server's event
-    loop) and all its other threads together (the model thread, mostly)."""
+    loop), all its other threads together (tokenizer and model threads), and its child
+    processes (the model worker, when there is one)."""
     tick = os.sysconf("SC_CLK_TCK")
-    out = {"event_loop": 0.0, "other_threads": 0.0}
+    out = {"event_loop": 0.0, "other_threads": 0.0, "worker": 0.0}
+    for child in children(pid):
+        for tid in os.listdir(f"/proc/{child}/task"):
+            try:
+                with open(f"/proc/{child}/task/{tid}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            out["worker"] += (int(fields[11]) + int(fields[12])) / tick
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
@@ -77,6 +87,21 @@ def thread_cpu(pid: int) -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2:].split()
         name = "event_loop" if int(tid) == pid else "other_threads"
         out[name] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (from /proc)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                out.append(int(name))
     return out
 
 
@@ -110,6 +135,8 @@ def main() -> int:
     ap.add_argument("--pairs-per-request", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch threads, both sides")
     ap.add_argument("--batch-wait-ms", type=float, default=5.0)
+    ap.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                    help="pass ARG to loglik serve (repeat), e.g. --serve-arg=--no-worker")
     args = ap.parse_args()
 
     from loglik import Scorer
@@ -129,6 +156,7 @@ def main() -> int:
            "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", "100000"]
     cmd += ["--model", args.model] if args.model else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
+    cmd += args.serve_arg
     server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -150,6 +178,8 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(60)
+    server_cpu = {name: round(cpu_after[name] - cpu_before[name], 2) for name in cpu_after}
+    server_cpu["all"] = round(sum(server_cpu.values()), 2)
     values = dict(line.rsplit(" ", 1) for line in metrics.splitlines()
                   if line.startswith("loglik_batch_requests_"))
     batches = float(values["loglik_batch_requests_count"])
@@ -161,8 +191,7 @@ def main() -> int:
            "served_pairs_per_s": len(pairs) / run["wall_s"],
            "ratio": offline_s / run["wall_s"], "max_abs_diff_vs_offline": diff,
            "offline_cpu_s": offline_cpu, "clients_cpu_s": own_after - own_before,
-           "server_cpu_s": {name: round(cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0), 2)
-                            for name in cpu_after},
+           "server_cpu_s": server_cpu,
            "mean_requests_per_batch": float(values["loglik_batch_requests_sum"]) / batches,
            **run}
     print(json.dumps(out, indent=1))

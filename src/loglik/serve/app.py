@@ -31,12 +31,18 @@ from .completions import (Pieces, apply_stop, build_prompt, choice_logprobs, com
 from .config import ServeConfig
 from .metrics import Metrics
 from .schemas import APIError, CompletionRequest, ScoreRequest, parse_tokenize
+from .worker import WorkerBackend, WorkerDied
 
 log = logging.getLogger("loglik.serve")
 
 
 class Server:
-    """The state behind the routes: one scorer, its batcher and metrics."""
+    """The state behind the routes: one scorer, its batcher and metrics.
+
+    With a model worker (:func:`loglik.serve.worker.start_worker`) the scorer's backend is a
+    :class:`WorkerBackend`: batches and generation go to the worker process, everything else
+    (tokenizer, encoder, records) stays here.
+    """
 
     def __init__(self, scorer: Any, config: ServeConfig, model_name: str) -> None:
         self.scorer = scorer
@@ -47,11 +53,20 @@ class Server:
         self.pieces = Pieces(scorer.tokenizer)
         self.max_length = scorer.backend.max_length
         self.vocab_size = len(scorer.tokenizer)
+        backend = scorer.backend
+        self.worker = backend if isinstance(backend, WorkerBackend) else None
 
     def start(self) -> None:
         self.batcher = Batcher(self.scorer, wait_ms=self.config.batch_wait_ms,
                                max_tokens=self.config.batch_max_tokens,
-                               max_queue=self.config.max_queue, metrics=self.metrics)
+                               max_queue=self.config.max_queue, metrics=self.metrics,
+                               run=self.worker.run_requests if self.worker else None)
+
+    def generate(self, ids: list[int], req: CompletionRequest, eos: int | None) -> list[int]:
+        """On the model thread: new ids from the model (in the worker, if there is one)."""
+        if self.worker is not None:
+            return self.worker.generate(ids, req, eos)
+        return generate(self.scorer.backend, ids, req, eos)
 
     def stop(self) -> None:
         if self.batcher is not None:
@@ -87,7 +102,7 @@ class Server:
             eos = self.scorer.tokenizer.eos_token_id
             for i, p in enumerate(prompts):
                 new = await self.batcher.call(   # type: ignore[union-attr]
-                    lambda ids=p.ids: generate(self.scorer.backend, ids, req, eos))
+                    lambda ids=p.ids: self.generate(ids, req, eos))
                 # EOS ends it: not in the text, but in the tokens and log-probs (as vLLM
                 # does), so an echo with max_tokens=1 always has one entry past the prompt
                 # (lm-eval's local-completions drops the last entry as the generated one).
@@ -219,6 +234,8 @@ def create_app(scorer: Any, config: ServeConfig | None = None, *,
                 response = error(APIError(
                     503, f"server busy: {exc}; retry after {config.retry_after_s} s",
                     kind="server_busy", headers={"Retry-After": str(config.retry_after_s)}))
+            except WorkerDied as exc:   # logged once where it was found (worker.py)
+                response = error(APIError(503, str(exc), kind="worker_died"))
             except LoglikError as exc:   # a record the tokenizer or context refuses
                 response = error(APIError(422, str(exc), getattr(exc, "field", None)))
             except Exception as exc:   # a bug: say so in one line, log the traceback
@@ -242,7 +259,14 @@ def create_app(scorer: Any, config: ServeConfig | None = None, *,
         return server.models()
 
     async def health(request: HTTPRequest) -> Any:
-        return {"status": "ok", "model": model_name}
+        if server.worker is None:
+            return {"status": "ok", "model": model_name}
+        if not server.worker.alive:
+            return JSONResponse({"status": "error", "model": model_name,
+                                 "worker_pid": server.worker.pid,
+                                 "error": "the model worker process is not running"},
+                                status_code=503)
+        return {"status": "ok", "model": model_name, "worker_pid": server.worker.pid}
 
     async def metrics(request: HTTPRequest) -> Any:
         return PlainTextResponse(server.metrics.render(),

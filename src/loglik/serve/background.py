@@ -35,7 +35,7 @@ class BackgroundServer:
         self.host, self.port = host, port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port,
-                                                    log_level="warning",
+                                                    log_level="warning", access_log=False,
                                                     timeout_graceful_shutdown=30))
         self.thread = threading.Thread(target=self.server.run, name="loglik-serve",
                                        daemon=True)

@@ -8,7 +8,8 @@ two per request on the event loop, where it measured a third of the loop's time 
 per request; and not on the model thread, which it slowed when the model was the limit), then
 queues them for the model. One worker thread owns the model: it takes the oldest job, waits up
 to ``wait_ms`` for more jobs asking for the same :class:`~loglik.types.Detail` (up to
-``max_tokens``), and scores them all in one :meth:`Scorer.run_requests` call, so requests
+``max_tokens``), and scores them all in one :meth:`Scorer.run_requests` call (with a model
+worker process, :mod:`loglik.serve.worker`, it sends them there and waits), so requests
 sharing a context across clients read it once. A score does not depend on its neighbours (the
 planner's invariance, to float rounding). If a coalesced call fails, each job is retried alone
 so one bad request cannot fail its neighbours.
@@ -72,11 +73,16 @@ class Batcher:
         max_tokens: tokens gathered into one scorer call at most (one job may exceed it).
         max_queue: jobs waiting at most (to be tokenized or scored); the next one raises
             :class:`QueueFull`.
+        run: scores one coalesced batch (default ``scorer.run_requests``; with a model
+            worker, :meth:`WorkerBackend.run_requests`, which plans it in the worker).
     """
 
     def __init__(self, scorer: Any, *, wait_ms: float = 5.0, max_tokens: int = 16384,
-                 max_queue: int = 1024, metrics: Metrics | None = None) -> None:
+                 max_queue: int = 1024, metrics: Metrics | None = None,
+                 run: Callable[[Sequence[Request], Detail], list[TokenResult]] | None = None
+                 ) -> None:
         self.scorer = scorer
+        self.run = run or scorer.run_requests
         self.wait = wait_ms / 1000.0
         self.max_tokens = max_tokens
         self.max_queue = max_queue
@@ -228,7 +234,7 @@ class Batcher:
     def _run_batch(self, batch: list[_Job]) -> None:
         requests = [r for job in batch for r in job.requests]   # type: ignore[union-attr]
         try:
-            results = self.scorer.run_requests(requests, batch[0].detail)
+            results = self.run(requests, batch[0].detail)  # type: ignore[arg-type]
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].resolve(error=exc)
