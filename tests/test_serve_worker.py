@@ -91,6 +91,27 @@ def test_worker_gives_the_in_process_numbers(worker, llama_scorer, tiny_llama):
     assert worker.backend.alive and worker.backend.pid != os.getpid()
 
 
+def test_calls_from_several_threads_each_get_their_own_answer(worker, llama_scorer):
+    """The batcher keeps two batches in flight: concurrent calls are answered in the order
+    they were sent, each to its caller (different pairs per thread, so a crossed answer
+    cannot pass)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from loglik.types import Request
+
+    encoded = [llama_scorer.encode(p["prompt"], p["response"]) for p in PAIRS]
+    jobs = [[Request(e.context_ids, e.response_ids) for e in encoded[i:] + encoded[:i]]
+            for i in range(len(encoded))] * 4
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(worker.backend.run_requests, jobs))
+    for reqs, results in zip(jobs, got):
+        want = llama_scorer.run_requests(reqs)
+        assert len(results) == len(reqs)
+        for g, w in zip(results, want):
+            assert max(abs(a - b) for a, b in zip(g.logprobs, w.logprobs)) < 1e-5
+    assert worker.backend.alive
+
+
 def test_server_over_a_worker_scores_completes_and_generates(worker, llama_scorer):
     from loglik.serve import BackgroundServer, ServeConfig, create_app
 

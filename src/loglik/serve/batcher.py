@@ -1,4 +1,4 @@
-"""Coalesce concurrent requests into the scorer's batches, on one model thread.
+"""Coalesce concurrent requests into the scorer's batches, on a model thread.
 
 The event loop hands each request's token-id :class:`~loglik.types.Request` list to
 :meth:`Batcher.score` (or its text pairs to :meth:`Batcher.score_examples`) and awaits it.
@@ -6,7 +6,8 @@ Text pairs go first to a tokenizer thread, which takes every request waiting for
 tokenizes them in one :meth:`Encoder.encode_many` call (one batched tokenizer call instead of
 two per request on the event loop, where it measured a third of the loop's time at one pair
 per request; and not on the model thread, which it slowed when the model was the limit), then
-queues them for the model. One worker thread owns the model: it takes the oldest job, waits up
+queues them for the model. One thread owns the model (with a model worker process, two
+threads each keep a batch in flight to it): it takes the oldest job, waits up
 to ``wait_ms`` for more jobs asking for the same :class:`~loglik.types.Detail` (up to
 ``max_tokens``), and scores them all in one :meth:`Scorer.run_requests` call (with a model
 worker process, :mod:`loglik.serve.worker`, it sends them there and waits), so requests
@@ -75,12 +76,16 @@ class Batcher:
             :class:`QueueFull`.
         run: scores one coalesced batch (default ``scorer.run_requests``; with a model
             worker, :meth:`WorkerBackend.run_requests`, which plans it in the worker).
+        in_flight: batches handed to ``run`` at once, one model thread each: 1 for a model
+            in this process; 2 with a model worker, which then finds the next batch waiting
+            in its pipe when it finishes one instead of idling while the answers go out and
+            the next batch gathers.
     """
 
     def __init__(self, scorer: Any, *, wait_ms: float = 5.0, max_tokens: int = 16384,
                  max_queue: int = 1024, metrics: Metrics | None = None,
-                 run: Callable[[Sequence[Request], Detail], list[TokenResult]] | None = None
-                 ) -> None:
+                 run: Callable[[Sequence[Request], Detail], list[TokenResult]] | None = None,
+                 in_flight: int = 1) -> None:
         self.scorer = scorer
         self.run = run or scorer.run_requests
         self.wait = wait_ms / 1000.0
@@ -96,9 +101,11 @@ class Batcher:
         self._encoder_done = False
         self._encoder = threading.Thread(target=self._run_encoder, name="loglik-tokenizer",
                                          daemon=True)
-        self._thread = threading.Thread(target=self._run, name="loglik-batcher", daemon=True)
+        self._threads = [threading.Thread(target=self._run, name=f"loglik-batcher-{i}",
+                                          daemon=True) for i in range(max(1, in_flight))]
         self._encoder.start()
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     # -- the event loop's side --------------------------------------------------------------
     async def score(self, requests: Sequence[Request], detail: Detail = Detail()
@@ -142,10 +149,11 @@ class Batcher:
         """Finish the jobs already queued (tokenized, then scored), then end the threads."""
         with self._cv:
             self._stopping = True
-            self._cv.notify()
+            self._cv.notify_all()
             self._arrived.notify()
         self._encoder.join(timeout)
-        self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
 
     # -- the tokenizer thread --------------------------------------------------------------
     def _run_encoder(self) -> None:
@@ -155,7 +163,7 @@ class Batcher:
                     self._arrived.wait()
                 if not self._pending:
                     self._encoder_done = True
-                    self._cv.notify()
+                    self._cv.notify_all()
                     return
                 todo = list(self._pending)
                 self._pending.clear()

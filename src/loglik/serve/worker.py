@@ -52,8 +52,10 @@ class WorkerBackend:
 
     ``run_requests`` sends a whole coalesced batch (the worker plans it);
     ``score`` (the :class:`~loglik.backends.base.Backend` protocol) does the same, so the
-    front :class:`~loglik.Scorer` can score on its own too. One caller at a time (the
-    batcher's model thread); a lock keeps it so for any other.
+    front :class:`~loglik.Scorer` can score on its own too. Several threads may call at once
+    (the batcher keeps two batches in flight, so the worker never waits for the next one):
+    calls are sent in turn, the worker answers them in the order it got them, and each caller
+    reads the answer of its own ticket.
     """
 
     def __init__(self, process: Any, conn: Any, info: dict[str, Any]) -> None:
@@ -63,7 +65,9 @@ class WorkerBackend:
         self.is_encoder_decoder: bool = info["is_encoder_decoder"]
         self.device = info["device"]
         self.pid: int = process.pid
-        self._lock = threading.Lock()
+        self._send = threading.Lock()
+        self._turn = threading.Condition()      # whose answer is next on the pipe
+        self._sent = self._received = 0         # tickets issued, answers read
         self._dead: str | None = None
 
     def score(self, requests: Sequence[Request], detail: Detail = Detail()
@@ -84,24 +88,44 @@ class WorkerBackend:
         return self._call("generate", (list(ids), replace(req, prompts=[]), eos))
 
     def _call(self, op: str, payload: Any) -> Any:
-        with self._lock:
+        with self._send:
             if self._dead is not None:
                 raise WorkerDied(self._dead)
             try:
                 self.conn.send((op, payload))
+            except (EOFError, OSError) as exc:
+                self._died(exc)
+            ticket = self._sent
+            self._sent += 1
+        with self._turn:
+            while self._received != ticket and self._dead is None:
+                self._turn.wait()
+            if self._dead is not None:
+                raise WorkerDied(self._dead)
+            try:
                 status, value = self.conn.recv()
             except (EOFError, OSError) as exc:
-                self.process.join(5)
-                code = self.process.exitcode
-                how = (f"killed by signal {-code}" if code is not None and code < 0 else
-                       f"exit code {code}" if code is not None else type(exc).__name__)
-                self._dead = (f"the model worker process (pid {self.pid}) died ({how}); "
-                              "this server cannot score until it is restarted")
-                log.error("%s", self._dead)
-                raise WorkerDied(self._dead) from None
+                self._died(exc)
+            finally:
+                self._received += 1
+                self._turn.notify_all()
         if status == "error":
             raise _rebuild(value)
         return value
+
+    def _died(self, exc: BaseException) -> None:
+        """The pipe is gone: say why once, wake every waiting caller, raise WorkerDied."""
+        self.process.join(5)
+        code = self.process.exitcode
+        how = (f"killed by signal {-code}" if code is not None and code < 0 else
+               f"exit code {code}" if code is not None else type(exc).__name__)
+        if self._dead is None:
+            self._dead = (f"the model worker process (pid {self.pid}) died ({how}); "
+                          "this server cannot score until it is restarted")
+            log.error("%s", self._dead)
+        with self._turn:
+            self._turn.notify_all()
+        raise WorkerDied(self._dead) from None
 
     @property
     def alive(self) -> bool:
@@ -109,14 +133,14 @@ class WorkerBackend:
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the worker (after the call in progress, if any) and wait for it to exit."""
-        with self._lock:
-            if self._dead is None and self.process.is_alive():
-                try:
-                    self.conn.send(("stop", None))
-                    self.conn.recv()
-                except (EOFError, OSError):
-                    pass
+        if self._dead is None and self.process.is_alive():
+            try:
+                self._call("stop", None)
+            except WorkerDied:
+                pass
+        with self._send, self._turn:
             self._dead = self._dead or "the model worker was stopped (the server is shutting down)"
+            self._turn.notify_all()
             self.conn.close()
         self.process.join(timeout)
         if self.process.is_alive():
