@@ -22,6 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the model name clients send (default: the folder name of --model)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
                    help="how long a request waits for others to share its batch (default 5)")
+    p.add_argument("--batches-in-flight", type=int, default=2, metavar="N",
+                   help="batches handed to the model worker process at once, so it finds the "
+                   "next one waiting when it finishes one (default 2; 1 = one at a time; a "
+                   "model in the server process, --no-worker, takes one)")
     p.add_argument("--max-queue", type=int, default=1024,
                    help="requests waiting at most; more get 503 + Retry-After (default 1024)")
     p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(api_key=key, max_body_bytes=args.max_body_bytes,
                          max_request_tokens=args.max_request_tokens,
                          max_new_tokens=args.max_new_tokens, max_queue=args.max_queue,
-                         batch_wait_ms=args.batch_wait_ms)
+                         batch_wait_ms=args.batch_wait_ms,
+                         batches_in_flight=args.batches_in_flight)
     scorer = (_worker_scorer(args) if _use_worker(args)
               else scorer_from_args(args, transformers_model=True))
     name = args.served_model_name or (os.path.basename(os.path.normpath(args.model))

@@ -61,7 +61,7 @@ class Server:
                                max_tokens=self.config.batch_max_tokens,
                                max_queue=self.config.max_queue, metrics=self.metrics,
                                run=self.worker.run_requests if self.worker else None,
-                               in_flight=2 if self.worker else 1)
+                               in_flight=self.config.batches_in_flight if self.worker else 1)
 
     def generate(self, ids: list[int], req: CompletionRequest, eos: int | None) -> list[int]:
         """On the model thread: new ids from the model (in the worker, if there is one)."""

@@ -24,6 +24,8 @@ class ServeConfig:
         max_queue: requests waiting for the model; one more gets 503 with ``Retry-After``.
         batch_wait_ms: how long the batcher waits for more requests to join a batch.
         batch_max_tokens: tokens the batcher gathers into one scorer call at most.
+        batches_in_flight: batches handed to a model worker process at once (the next one
+            waits in its pipe while it runs one); a model in the server process takes one.
         retry_after_s: the ``Retry-After`` a 503 suggests.
     """
 
@@ -35,11 +37,12 @@ class ServeConfig:
     max_queue: int = 1024
     batch_wait_ms: float = 5.0
     batch_max_tokens: int = 16384
+    batches_in_flight: int = 2
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_request_tokens", "max_queue", "batch_max_tokens",
-                     "retry_after_s"):
+                     "batches_in_flight", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_new_tokens < 0:
