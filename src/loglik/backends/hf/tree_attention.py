@@ -69,8 +69,8 @@ def attention_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, c
     the scaled scores, in fp32 or float64). ``causal`` aligns the query and key starts (Lq ==
     Lk here).
 
-    On the CPU, SDPA's own flash kernel returns both; elsewhere the scores are formed in
-    fp32 (a tree unit's parts are small)."""
+    On the CPU, SDPA's own flash kernel returns both; elsewhere the scores are formed
+    (:func:`attention_lse_math`: a tree unit's parts are small)."""
     if query.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, 0.0, causal, attn_mask=None, scale=scale)[:2]
@@ -80,7 +80,8 @@ def attention_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, c
 
 def attention_lse_math(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                        causal: bool, scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`attention_lse` with the scores formed in fp32 (any device)."""
+    """:func:`attention_lse` with the scores formed in fp32 (float64 for float64 inputs),
+    on any device."""
     s = scale if scale is not None else query.shape[-1] ** -0.5
     acc = _accumulate(query.dtype)
     scores = query.to(acc) @ key.to(acc).transpose(-1, -2) * s                # (B, H, Lq, Lk)

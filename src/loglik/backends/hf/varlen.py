@@ -21,8 +21,9 @@ implementation, ``"loglik_varlen"`` (:func:`enable`), registered beside ``sdpa``
 without ``loglik_segments`` (plain rows, KV reuse) is exactly SDPA with SDPA's masks, so only
 the packed call changes; loglik's own Llama module (:mod:`.compact`) reads the same argument.
 Models with sliding windows, soft-capped attention or a non-SDPA attention keep the dense
-mask. ``HFBackend(varlen=None)`` switches it on wherever the self-check passes;
-``varlen=False`` keeps the dense mask.
+mask. ``HFBackend(varlen=None)`` switches it on on CUDA (where the self-check passes; on the
+CPU it measured no faster, bench/README.md), ``varlen=True`` elsewhere too, ``varlen=False``
+keeps the dense mask.
 """
 
 from __future__ import annotations
@@ -111,15 +112,13 @@ def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     out = query.new_zeros(b, t, hq, value.shape[-1])                    # (B, T, Hq, D)
     for g in plan.segments:
         cols = slice(g.start, g.end)
+        q, k, v = (x[g.row:g.row + 1, :, cols] for x in (query, key, value))  # (1, H, L, D)
         if g.tree is not None:
-            o = tree_attention(query[g.row:g.row + 1, :, cols], key[g.row:g.row + 1, :, cols],
-                               value[g.row:g.row + 1, :, cols], g.tree, scaling)
-            out[g.row, cols] = o[0].transpose(0, 1)
-            continue
-        o = F.scaled_dot_product_attention(
-            query[g.row:g.row + 1, :, cols], key[g.row:g.row + 1, :, cols],
-            value[g.row:g.row + 1, :, cols], attn_mask=g.mask, is_causal=g.mask is None,
-            scale=scaling, enable_gqa=gqa)                              # (1, Hq, L, D)
+            o = tree_attention(q, k, v, g.tree, scaling)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask,
+                                               is_causal=g.mask is None, scale=scaling,
+                                               enable_gqa=gqa)          # (1, Hq, L, D)
         out[g.row, cols] = o[0].transpose(0, 1)
     return out
 
