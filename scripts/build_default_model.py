@@ -198,10 +198,13 @@ def stage_config(work: Path, args) -> None:
 def _loglik_train(work: Path, args, *, data: Path, start: str, out: str, epochs: int,
                   lr: float, warmup: float, timing: str, save_every: int = 200,
                   info: dict | None = None, seed: int | None = None, keep: int = 2,
-                  stop_step: int = 0) -> None:
-    """One `loglik train` phase: WORK/start -> WORK/out, timed into WORK/timing."""
+                  stop_step: int = 0, eval_heldout: bool = True) -> None:
+    """One `loglik train` phase: WORK/start -> WORK/out, timed into WORK/timing (with
+    ``eval_heldout`` the log has the held-out pairs' NLL at each epoch's end; figures only,
+    no phase stops or picks on them)."""
     cmd = ["loglik", "train", str(data), "--model", str(work / start), "-o", str(work / out),
-           "--eval", str(HELDOUT_PAIRS), "--no-eval-train", "--epochs", str(epochs),
+           *(["--eval", str(HELDOUT_PAIRS)] if eval_heldout else []),
+           "--no-eval-train", "--epochs", str(epochs),
            "--lr", str(lr), "--batch-tokens", str(args.batch_tokens),
            "--grad-accum", str(args.grad_accum), "--warmup", str(warmup),
            "--seed", str(args.seed if seed is None else seed), "--threads", str(args.threads),
@@ -285,7 +288,7 @@ def stage_extend(work: Path, args) -> None:
 
 def final_dir(work: Path) -> Path:
     """The model to evaluate and ship: the last phase that ran."""
-    for run in ("run_best", "run9", "run8", "run7", "run6", "run5", "run4", "run3", "run2", "run"):
+    for run in ("run10", "run_best", "run9", "run8", "run7", "run6", "run5", "run4", "run3", "run2", "run"):
         if (work / run / "model.safetensors").exists():
             return work / run
     return work / "run"
@@ -385,7 +388,7 @@ STAGES = {"tokenizer": stage_tokenizer, "data": stage_data, "config": stage_conf
 # The retrain (phases 6-9, scripts/default_model_retrain.py): after `all`'s phase 5, run as
 # `retrain_all` (no eval, no ship: `eval` and `ship` then take WORK/run_best).
 RETRAIN_STAGES = ("retrain_data", "grow", "retrain", "anneal", "anneal2", "anneal3", "average",
-                  "pick")
+                  "pick", "widen_data", "widen", "widen_train")
 
 
 def _stage(name: str):
@@ -424,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--anneal-lr", type=float, default=4e-4, help="phase 7 peak learning rate")
     p.add_argument("--anneal2-lr", type=float, default=3e-4, help="phase 8 peak learning rate")
     p.add_argument("--anneal3-lr", type=float, default=2e-4, help="phase 9 peak learning rate")
+    p.add_argument("--widen-hidden", type=int, default=192,
+                   help="widen: hidden size of the widened model (heads and MLP in proportion)")
+    p.add_argument("--widen-lr", type=float, default=4e-4, help="phase 10 peak learning rate")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--grad-accum", type=int, default=1)

@@ -85,6 +85,35 @@ def _steps(work: Path, run: str) -> list[dict]:
     return [r for r in _log(work, run) if r.get("kind") == "step"]
 
 
+def _widen(work: Path, picked: bool) -> str:
+    """Phase 10: the picked model widened and trained on the pairs plus the C parts' pairs
+    (none: empty)."""
+    if not (work / "widen_time.json").exists():
+        return ""
+    w = json.loads((work / "widen.json").read_text())
+    t = json.loads((work / "widen_time.json").read_text())
+    steps = [r for r in _log(work, "run10") if r.get("kind") == "step"]
+    kinds = ", ".join(f"{n:,} {k}s" for k, n in t["builtin_pair_kinds"].items())
+    return f"""
+Phase 10, wider: the {"picked model (above)" if picked else "phase-9 model"}, `{w['widened_from']}`,
+widened from hidden {w['old_hidden']} to {w['new_hidden']} ({w['heads']} heads, MLP
+{w['intermediate']}) without changing what it computes: the new residual dimensions start at
+zero, nothing writes into them and the new heads and MLP units are read by zero columns of
+`o_proj` / `down_proj` until trained, the RMSNorm weights and eps rescaled
+(`scripts/default_model_grow.py`, `widen`; largest change of a log-prob
+{w['max_logprob_change']:.1e} nats); {w['parameters']:,} parameters. Trained one epoch on
+`retrain.jsonl` plus {t['builtin_pairs']:,} signature -> docstring pairs of the stdlib's
+C-implemented functions, types and methods ({kinds}; `scripts/stdlib_builtin_pairs.py`,
+taken by introspection; the accelerators of held-out modules skipped, no docstring equal to a
+held-out one), {t['rows']:,} rows shuffled (`widen.jsonl`); no held-out figure was looked at
+during the phase, and only its end was measured:
+
+`{t['command']}`
+
+{steps[-1]['step']} steps, {steps[-1]['tokens_per_s']:.0f} tokens/s, {t['seconds'] / 60:.0f} minutes.
+"""
+
+
 def _retrain(work: Path) -> str:
     """Phases 6 and 7: the grown model on mostly pairs, and the checkpoint picked (none:
     empty)."""
@@ -144,7 +173,7 @@ shipped: **{pick.get('best', '?')}**.
 |---|---|---|
 {rows}
 """
-    return text
+    return text + _widen(work, (work / "pick.json").exists())
 
 
 def _corpus_and_phases(work: Path, arch: dict) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""The default model's retrain (issue 20 part 5): phases 6 to 9 and the pick, after
+"""The default model's retrain (issue 20 part 5): phases 6 to 10 and the pick, after
 ``build_default_model.py``'s phase 5. Run through that script (its arguments, its WORK):
 
     python scripts/build_default_model.py retrain_all --work /tmp/loglik-default
@@ -6,8 +6,10 @@
 grows the phase-5 model 4 -> 8 layers function-preservingly (scripts/default_model_grow.py),
 trains it on mostly signature -> docstring pairs (the train split's and those of the stdlib
 parts the source corpus leaves out), anneals on successive slices of that data, and measures
-both held-out matching figures of each result (``pick``: the best -> WORK/run_best, which
-``eval`` and ``ship`` then take).
+both held-out matching figures of each result (``pick``: the best -> WORK/run_best). Phase
+10 widens that model (hidden 128 -> 192, again computing the same log-probs at first) and
+trains it one epoch on the same data plus the pairs of the stdlib's C-implemented parts
+(scripts/stdlib_builtin_pairs.py) -> WORK/run10, which ``eval`` and ``ship`` then take.
 """
 
 from __future__ import annotations
@@ -156,6 +158,51 @@ def stage_average(work: Path, args) -> None:
     save_file(avg, str(dst / "model.safetensors"), metadata={"format": "pt"})
     (work / "average.json").write_text(json.dumps({"averaged": [r.name for r in runs]}))
     print(f"average of {[r.name for r in runs]} -> {dst}")
+
+
+def stage_widen_data(work: Path, args) -> None:
+    """WORK/widen.jsonl: WORK/retrain.jsonl and the pairs of the stdlib's C-implemented parts
+    (scripts/stdlib_builtin_pairs.py; none equal to a held-out docstring), shuffled."""
+    from stdlib_builtin_pairs import builtin_pairs, cleaned_docstring
+
+    held = [json.loads(line) for path in (HELDOUT_PAIRS, thirdparty.PAIRS)
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pairs = builtin_pairs(cleaned_docstring(r["response"]) for r in held)
+    rows = _read_jsonl(work / "retrain.jsonl") + [{"prompt": p.prompt, "response": p.response}
+                                                  for p in pairs]
+    random.Random(args.seed + 10).shuffle(rows)
+    _write_jsonl(work / "widen.jsonl", rows)
+    stats = {"rows": len(rows), "builtin_pairs": len(pairs),
+             "builtin_pair_kinds": {k: sum(p.kind == k for p in pairs)
+                                    for k in ("function", "method", "class")}}
+    (work / "widen_stats.json").write_text(json.dumps(stats, indent=1))
+    print(f"widen data: {json.dumps(stats)}")
+
+
+def stage_widen(work: Path, args) -> None:
+    """The picked model (WORK/run_best) widened to --widen-hidden, computing the same
+    log-probs (scripts/default_model_grow.py's ``widen``) -> WORK/wide."""
+    from default_model_grow import max_logprob_change, widen
+
+    src = work / "run_best"
+    out = widen(src, work / "wide", args.widen_hidden, seed=args.seed)
+    held = [r["prompt"] + r["response"] for r in _read_jsonl(work / "widen.jsonl")[:64]]
+    out["max_logprob_change"] = max_logprob_change(src, work / "wide", held)
+    if out["max_logprob_change"] > 1e-3:
+        raise SystemExit(f"widening changed the scores by {out['max_logprob_change']} nats")
+    out["widened_from"] = json.loads((work / "pick.json").read_text()).get("best", src.name)
+    (work / "widen.json").write_text(json.dumps(out))
+    print(f"widen: {json.dumps(out)}")
+
+
+def stage_widen_train(work: Path, args) -> None:
+    """Phase 10: the widened model, one epoch of WORK/widen.jsonl at --widen-lr (warmup,
+    then cosine to 10%) -> WORK/run10; no held-out figure is looked at during the phase."""
+    _loglik_train(work, args, data=work / "widen.jsonl", start="wide", out="run10",
+                  epochs=1, lr=args.widen_lr, warmup=0.05, timing="widen_time.json",
+                  save_every=args.retrain_save_every, seed=args.seed + 11, keep=100,
+                  info=json.loads((work / "widen_stats.json").read_text()),
+                  eval_heldout=False)
 
 
 def _both_matchings(model_dir: Path, threads: int) -> dict:

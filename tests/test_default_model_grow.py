@@ -64,3 +64,66 @@ def test_extra_pair_files_skip_the_heldout_modules():
     assert not [f.relpath for f in files
                 if any(h in f.relpath for h in corpus.HELDOUT_MODULES)]
     assert all(f.relpath.split("/")[0] in corpus.EXCLUDED_MODULES for f in files)
+
+
+def test_widen_keeps_every_logprob_and_new_dimensions_learn(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    grow = _scripts("default_model_grow")
+    src, dst = Path(tiny_model_dir), tmp_path / "wide"
+    old = json.loads((src / "config.json").read_text())
+    hd = old.get("head_dim") or old["hidden_size"] // old["num_attention_heads"]
+    hidden = old["hidden_size"] * 2
+    out = grow.widen(src, dst, hidden)
+    new = json.loads((dst / "config.json").read_text())
+    assert new["hidden_size"] == hidden == out["new_hidden"]
+    assert new["intermediate_size"] == 2 * old["intermediate_size"]
+    assert new["num_attention_heads"] == hidden // hd
+    assert new["num_key_value_heads"] == 2 * old["num_key_value_heads"]
+    assert grow.max_logprob_change(src, dst, TEXTS) < 1e-4
+    model = AutoModelForCausalLM.from_pretrained(str(dst))
+    emb = model.model.embed_tokens.weight
+    assert not emb[:, old["hidden_size"]:].any()          # the new residual dimensions start at 0
+    ids = torch.tensor([[1, 5, 9, 13, 7, 3]])            # (1, T)
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert emb.grad[:, old["hidden_size"]:].abs().sum() > 0
+    down = model.model.layers[0].mlp.down_proj.weight     # the new MLP units' zero columns
+    assert down.grad[:, old["intermediate_size"]:].abs().sum() > 0
+
+
+def test_widen_refuses_a_width_off_the_head_size(tiny_model_dir, tmp_path):
+    grow = _scripts("default_model_grow")
+    old = json.loads((Path(tiny_model_dir) / "config.json").read_text())["hidden_size"]
+    with pytest.raises(SystemExit, match="multiple of the head size"):
+        grow.widen(Path(tiny_model_dir), tmp_path / "wide", old + 1)
+
+
+def test_builtin_pairs_are_python_and_never_a_heldout_docstring():
+    import ast
+    import inspect
+
+    builtin = _scripts("stdlib_builtin_pairs")
+    corpus = _scripts("stdlib_corpus")
+    assert "_json" not in builtin.c_modules() and "_heapq" not in builtin.c_modules()
+    assert "math" in builtin.c_modules()
+    heldout = inspect.cleandoc(corpus.inspect_clean(__import__("_heapq").heappush.__doc__))
+    pairs = builtin.builtin_pairs([heldout])
+    assert len(pairs) > 300 and {p.kind for p in pairs} == {"function", "method", "class"}
+    docs = [inspect.cleandoc(p.response.strip().strip('"')) for p in pairs]
+    assert heldout not in docs and len(set(docs)) == len(docs)
+    for p in pairs:
+        code = p.prompt + p.response
+        if not p.response.endswith('"""'):          # a long docstring cut to a prefix
+            continue
+        tree = ast.parse(code + "\n" + " " * p.indent + "pass\n")
+        node = tree.body[0]
+        node = node.body[0] if p.kind == "method" else node
+        assert ast.get_docstring(node) == inspect.cleandoc(
+            p.response.strip()[3:-3]), p.id
+
+
+def test_cleaned_docstring_reads_a_source_literal():
+    builtin = _scripts("stdlib_builtin_pairs")
+    assert builtin.cleaned_docstring('    """Return x.\n\n    More.\n    """') == "Return x.\n\nMore."
+    assert builtin.cleaned_docstring("    r'''Raw.'''") == "Raw."
