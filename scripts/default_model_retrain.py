@@ -161,20 +161,29 @@ def stage_average(work: Path, args) -> None:
 
 
 def stage_widen_data(work: Path, args) -> None:
-    """WORK/widen.jsonl: WORK/retrain.jsonl and the pairs of the stdlib's C-implemented parts
-    (scripts/stdlib_builtin_pairs.py; none equal to a held-out docstring), shuffled."""
+    """WORK/widen.jsonl: WORK/retrain.jsonl, the pairs of the stdlib's C-implemented parts
+    (scripts/stdlib_builtin_pairs.py) and the new pairs of the other Pythons' stdlibs on the
+    machine (scripts/stdlib_other_versions.py); none equal to a held-out docstring;
+    shuffled."""
     from stdlib_builtin_pairs import builtin_pairs, cleaned_docstring
+    from stdlib_other_versions import other_stdlibs, other_version_pairs
 
     held = [json.loads(line) for path in (HELDOUT_PAIRS, thirdparty.PAIRS)
             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    pairs = builtin_pairs(cleaned_docstring(r["response"]) for r in held)
-    rows = _read_jsonl(work / "retrain.jsonl") + [{"prompt": p.prompt, "response": p.response}
-                                                  for p in pairs]
+    held_docs = [cleaned_docstring(r["response"]) for r in held]
+    rows = _read_jsonl(work / "retrain.jsonl")
+    pairs = builtin_pairs(held_docs)
+    roots = other_stdlibs()
+    known = [r["response"] for r in rows if r["prompt"]] + [p.response for p in pairs]
+    others, per_version = other_version_pairs(roots, known, held_docs)
+    rows += [{"prompt": p.prompt, "response": p.response} for p in pairs + others]
     random.Random(args.seed + 10).shuffle(rows)
     _write_jsonl(work / "widen.jsonl", rows)
     stats = {"rows": len(rows), "builtin_pairs": len(pairs),
              "builtin_pair_kinds": {k: sum(p.kind == k for p in pairs)
-                                    for k in ("function", "method", "class")}}
+                                    for k in ("function", "method", "class")},
+             "other_version_pairs": len(others),
+             "other_version_pairs_by_stdlib": {str(r): per_version[r.name] for r in roots}}
     (work / "widen_stats.json").write_text(json.dumps(stats, indent=1))
     print(f"widen data: {json.dumps(stats)}")
 

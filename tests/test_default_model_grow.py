@@ -127,3 +127,37 @@ def test_cleaned_docstring_reads_a_source_literal():
     builtin = _scripts("stdlib_builtin_pairs")
     assert builtin.cleaned_docstring('    """Return x.\n\n    More.\n    """') == "Return x.\n\nMore."
     assert builtin.cleaned_docstring("    r'''Raw.'''") == "Raw."
+
+
+def test_other_version_pairs_take_only_new_docstrings_and_skip_heldout_paths(tmp_path):
+    other = _scripts("stdlib_other_versions")
+    root = tmp_path / "python3.99"
+    (root / "test").mkdir(parents=True)
+    (root / "json").mkdir()
+    (root / "site-packages").mkdir()
+    known = '    """Return the sum of a and b."""'
+    (root / "old.py").write_text(
+        'def add(a, b):\n' + known + '\n    return a + b\n\n'
+        'def sub(a, b):\n    """Return a minus b, a removed module\'s prose."""\n    return a - b\n\n'
+        'def leaked(x):\n    """A held-out docstring, copied here."""\n    return x\n')
+    (root / "test" / "test_old.py").write_text(
+        'class TestOld:\n    def test_sub(self):\n        """Subtraction of two ints."""\n')
+    (root / "test" / "test_json.py").write_text('def t():\n    """Tests json."""\n')
+    (root / "json" / "__init__.py").write_text('def dumps(o):\n    """Held-out module."""\n')
+    (root / "site-packages" / "pkg.py").write_text('def f():\n    """Third-party code."""\n')
+    (root / "py2.py").write_text('print "hello"\ndef f():\n    """Python 2 only."""\n')
+    pairs, counts = other.other_version_pairs([root], [known], ["A held-out docstring, copied here."])
+    docs = sorted(p.response.strip() for p in pairs)
+    assert docs == ['"""Return a minus b, a removed module\'s prose."""',
+                    '"""Subtraction of two ints."""']
+    assert counts == {"python3.99": 2}
+    again, _ = other.other_version_pairs([root, root], [known], [])   # each docstring once
+    assert len(again) == 3
+
+
+def test_other_stdlibs_never_lists_the_running_python():
+    import os
+
+    other = _scripts("stdlib_other_versions")
+    own = os.path.realpath(os.path.dirname(os.__file__))
+    assert all(str(d) != own and (d / "os.py").exists() for d in other.other_stdlibs())
