@@ -86,14 +86,38 @@ def _steps(work: Path, run: str) -> list[dict]:
 
 
 def _widen(work: Path, picked: bool) -> str:
-    """Phase 10: the picked model widened and trained on the pairs plus the C parts' pairs
-    (none: empty)."""
-    if not (work / "widen_time.json").exists():
+    """Phase 10: the picked model widened, trained on the pairs plus the new stdlib pairs
+    once per seed, and the runs averaged (none: empty)."""
+    if not (work / "widen.json").exists():
         return ""
     w = json.loads((work / "widen.json").read_text())
-    t = json.loads((work / "widen_time.json").read_text())
-    steps = [r for r in _log(work, "run10") if r.get("kind") == "step"]
-    kinds = ", ".join(f"{n:,} {k}s" for k, n in t["builtin_pair_kinds"].items())
+    timings = sorted(work.glob("widen_time_s*.json"))
+    t = [json.loads(f.read_text()) for f in timings]
+    kinds = ", ".join(f"{n:,} {k}{'es' if k == 'class' else 's'}"
+                      for k, n in t[0]["builtin_pair_kinds"].items())
+    versions = ", ".join(f"{Path(d).name} {n:,}"
+                         for d, n in t[0]["other_version_pairs_by_stdlib"].items())
+    runs = ""
+    for f, a in zip(timings, t):
+        run = "run10_" + f.stem.split("_")[-1]
+        steps = [r for r in _log(work, run) if r.get("kind") in ("step", "epoch")]
+        runs += (f"\n`{a['command']}`\n\n{steps[-1]['step']} steps, "
+                 f"{steps[-1]['tokens_per_s']:.0f} tokens/s, {a['seconds'] / 60:.0f} minutes"
+                 + (f" ({a['note']})" if a.get("note") else "") + ".\n")
+    measured = ""
+    if (work / "widen_measured.json").exists():
+        m = json.loads((work / "widen_measured.json").read_text())
+        rows = "\n".join(f"| {k} | {100 * v['stdlib']:.1f}% | {100 * v['thirdparty']:.1f}% |"
+                         for k, v in m.items())
+        measured = f"""
+Measured after the phase (the average was declared the candidate to ship before any of the
+three was measured, to be shipped only if it met both targets; the single runs show the spread
+between seeds):
+
+| run | stdlib held-out matching | third-party held-out matching |
+|---|---|---|
+{rows}
+"""
     return f"""
 Phase 10, wider: the {"picked model (above)" if picked else "phase-9 model"}, `{w['widened_from']}`,
 widened from hidden {w['old_hidden']} to {w['new_hidden']} ({w['heads']} heads, MLP
@@ -102,16 +126,17 @@ zero, nothing writes into them and the new heads and MLP units are read by zero 
 `o_proj` / `down_proj` until trained, the RMSNorm weights and eps rescaled
 (`scripts/default_model_grow.py`, `widen`; largest change of a log-prob
 {w['max_logprob_change']:.1e} nats); {w['parameters']:,} parameters. Trained one epoch on
-`retrain.jsonl` plus {t['builtin_pairs']:,} signature -> docstring pairs of the stdlib's
-C-implemented functions, types and methods ({kinds}; `scripts/stdlib_builtin_pairs.py`,
-taken by introspection; the accelerators of held-out modules skipped, no docstring equal to a
-held-out one), {t['rows']:,} rows shuffled (`widen.jsonl`); no held-out figure was looked at
-during the phase, and only its end was measured:
-
-`{t['command']}`
-
-{steps[-1]['step']} steps, {steps[-1]['tokens_per_s']:.0f} tokens/s, {t['seconds'] / 60:.0f} minutes.
-"""
+`retrain.jsonl` plus more stdlib pairs, {t[0]['rows']:,} rows shuffled (`widen.jsonl`):
+{t[0]['builtin_pairs']:,} pairs of the stdlib's C-implemented functions, types and methods
+({kinds}; `scripts/stdlib_builtin_pairs.py`, by introspection, the accelerators of held-out
+modules skipped) and {t[0]['other_version_pairs']:,} new pairs from the other Pythons'
+stdlibs on the build machine ({versions}; `scripts/stdlib_other_versions.py`: removed and
+rewritten modules, paths naming a held-out module skipped); no docstring equal to a held-out
+one. Once per seed, the same start, no held-out figure looked at during the phase:
+{runs}
+`run10` is the uniform average of the {len(t)} runs (a "model soup", Wortsman et
+al. 2022: same start, different data order; `soup.json`).
+{measured}"""
 
 
 def _retrain(work: Path) -> str:

@@ -45,16 +45,21 @@ def grow(src: Path, dst: Path, layers: int) -> dict:
     model.config.num_hidden_layers = layers
     if getattr(model.config, "layer_types", None):
         model.config.layer_types = [model.config.layer_types[0]] * layers
+    _save(model, src, dst)
+    out = {"old_layers": len(old), "new_layers": layers,
+           "parameters": sum(p.numel() for p in model.parameters())}
+    (dst / "grow.json").write_text(json.dumps(out))
+    return out
+
+
+def _save(model, src: Path, dst: Path) -> None:
+    """``model`` saved to ``dst`` with ``src``'s tokenizer and generation files beside it."""
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(dst))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "generation_config.json"):
         if (src / name).exists() and not (dst / name).exists():
             shutil.copy2(src / name, dst / name)
-    out = {"old_layers": len(old), "new_layers": layers,
-           "parameters": sum(p.numel() for p in model.parameters())}
-    (dst / "grow.json").write_text(json.dumps(out))
-    return out
 
 
 def max_logprob_change(a: Path, b: Path, texts: list[str]) -> float:
@@ -108,18 +113,13 @@ def widen(src: Path, dst: Path, hidden: int, seed: int = 0) -> dict:
                 w[h0:] = scale                       # read zeros until trained
                 continue
             if name.endswith(("o_proj.weight", "down_proj.weight")):
-                w.zero_()                            # new rows: write nothing new; new columns: read nothing
+                w.zero_()          # new rows write nothing new, new columns read nothing
             elif name.endswith("embed_tokens.weight") or name.endswith("lm_head.weight"):
                 w[:, h0:] = 0                        # new residual dimensions start at zero
             idx = tuple(slice(0, s) for s in v.shape)
             w[idx] = v
     new.load_state_dict(n)
-    dst.mkdir(parents=True, exist_ok=True)
-    new.save_pretrained(str(dst))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "generation_config.json"):
-        if (src / name).exists() and not (dst / name).exists():
-            shutil.copy2(src / name, dst / name)
+    _save(new, src, dst)
     out = {"old_hidden": h0, "new_hidden": hidden, "intermediate": cfg.intermediate_size,
            "heads": cfg.num_attention_heads,
            "parameters": sum(p.numel() for p in new.parameters())}

@@ -125,7 +125,8 @@ def test_builtin_pairs_are_python_and_never_a_heldout_docstring():
 
 def test_cleaned_docstring_reads_a_source_literal():
     builtin = _scripts("stdlib_builtin_pairs")
-    assert builtin.cleaned_docstring('    """Return x.\n\n    More.\n    """') == "Return x.\n\nMore."
+    literal = '    """Return x.\n\n    More.\n    """'
+    assert builtin.cleaned_docstring(literal) == "Return x.\n\nMore."
     assert builtin.cleaned_docstring("    r'''Raw.'''") == "Raw."
 
 
@@ -138,7 +139,8 @@ def test_other_version_pairs_take_only_new_docstrings_and_skip_heldout_paths(tmp
     known = '    """Return the sum of a and b."""'
     (root / "old.py").write_text(
         'def add(a, b):\n' + known + '\n    return a + b\n\n'
-        'def sub(a, b):\n    """Return a minus b, a removed module\'s prose."""\n    return a - b\n\n'
+        'def sub(a, b):\n    """Return a minus b, a removed module\'s prose."""\n'
+        '    return a - b\n\n'
         'def leaked(x):\n    """A held-out docstring, copied here."""\n    return x\n')
     (root / "test" / "test_old.py").write_text(
         'class TestOld:\n    def test_sub(self):\n        """Subtraction of two ints."""\n')
@@ -146,7 +148,8 @@ def test_other_version_pairs_take_only_new_docstrings_and_skip_heldout_paths(tmp
     (root / "json" / "__init__.py").write_text('def dumps(o):\n    """Held-out module."""\n')
     (root / "site-packages" / "pkg.py").write_text('def f():\n    """Third-party code."""\n')
     (root / "py2.py").write_text('print "hello"\ndef f():\n    """Python 2 only."""\n')
-    pairs, counts = other.other_version_pairs([root], [known], ["A held-out docstring, copied here."])
+    heldout = ["A held-out docstring, copied here."]
+    pairs, counts = other.other_version_pairs([root], [known], heldout)
     docs = sorted(p.response.strip() for p in pairs)
     assert docs == ['"""Return a minus b, a removed module\'s prose."""',
                     '"""Subtraction of two ints."""']
