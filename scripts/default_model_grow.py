@@ -83,7 +83,7 @@ def widen(src: Path, dst: Path, hidden: int, seed: int = 0) -> dict:
     zero columns, starts at the config's initializer (random, so the new units differ); those
     weights get gradients from the first step (Net2Net-style growth, Chen et al. 2016)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     old = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
     c = old.config
@@ -93,7 +93,7 @@ def widen(src: Path, dst: Path, hidden: int, seed: int = 0) -> dict:
             or (heads * c.num_key_value_heads) % c.num_attention_heads:
         raise SystemExit(f"widen to {hidden}: needs a larger multiple of the head size {hd} "
                          "that keeps the MLP's and the KV heads' proportions whole")
-    cfg = AutoConfig.from_pretrained(str(src))
+    cfg = copy.deepcopy(c)
     cfg.hidden_size = hidden
     cfg.intermediate_size = c.intermediate_size * hidden // h0
     cfg.num_attention_heads = heads        # query head i still reads KV head i // group

@@ -44,7 +44,8 @@ def other_stdlibs() -> list[Path]:
 
 def other_version_pairs(roots: Iterable[Path], known_docs: Iterable[str],
                         heldout_docs: Iterable[str]) -> tuple[list[Pair], dict[str, int]]:
-    """New pairs of the stdlibs ``roots`` (see the module docstring) and how many each gave.
+    """New pairs of the stdlibs ``roots`` (see the module docstring) and how many each gave
+    (by the root's path).
     ``known_docs``: training docstrings as written (stripped); ``heldout_docs``: cleaned."""
     seen = {d.strip() for d in known_docs}
     held = set(heldout_docs)
@@ -71,7 +72,7 @@ def other_version_pairs(roots: Iterable[Path], known_docs: Iterable[str],
                     pairs.append(Pair(id=f"{root.name}/{p.id}", module=p.module,
                                       prompt=p.prompt, response=p.response, kind=p.kind,
                                       indent=p.indent))
-        counts[root.name] = len(pairs) - before
+        counts[str(root)] = len(pairs) - before
     return pairs, counts
 
 

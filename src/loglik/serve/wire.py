@@ -38,9 +38,7 @@ def pack_requests(requests: Sequence[Request]) -> Requests:
 
 def unpack_requests(packed: Requests) -> list[Request]:
     """The inverse of :func:`pack_requests`."""
-    lengths, ids = array("i"), array("i")
-    lengths.frombytes(packed[0])
-    ids.frombytes(packed[1])
+    lengths, ids = _array("i", packed[0]), _array("i", packed[1])
     out, at = [], 0
     for n in range(0, len(lengths), 2):
         c, t = lengths[n], lengths[n + 1]
