@@ -10,13 +10,16 @@ both held-out matching figures of each result (``pick``: the best -> WORK/run_be
 ``eval`` and ``ship`` then take).
 
 Phase 10, run stage by stage after ``retrain_all`` (``widen_data``, ``widen``,
-``widen_train``, ``widen_measure``), widens that model (hidden 128 -> 192, 5.4M parameters,
-computing the same log-probs at first) and trains it one epoch on the same data plus the
-pairs of the stdlib's C-implemented parts (scripts/stdlib_builtin_pairs.py) and of the other
-Pythons' stdlibs on the machine (scripts/stdlib_other_versions.py), once per seed, then
-averages the runs -> WORK/run10. Measured (issue 20, session 6): 90.5% stdlib / 84.8%
-third-party held-out matching (the two seeds 91.7% / 85.5% and 90.3% / 85.2%), not better
-than run_best, so ``eval`` and ``ship`` still take run_best; the stages stay for the next try.
+``widen_train``, ``widen_pick``, ``widen_measure``), widens that model (hidden 128 -> 192,
+5.4M parameters, computing the same log-probs at first) and trains it one epoch on the same
+data plus the pairs of the stdlib's C-implemented parts (scripts/stdlib_builtin_pairs.py) and
+of the other Pythons' stdlibs on the machine (scripts/stdlib_other_versions.py), once per seed;
+WORK/run10 averages the runs. ``widen_pick`` picks among every checkpoint, run end and the
+average on validation pairs (other-version pairs of one file in five, never trained on), and
+``widen_measure`` measures the pick once on both held-out sets; ``eval`` and ``ship`` take it
+only if it met both targets (:data:`build_default_model.TARGETS`). Measured (issue 20): session
+6, the average without a validation pick, 90.5% stdlib / 84.8% third-party; session 7, the
+validation pick (seed 13, step 200), 90.7% / 85.75%: below 92%, so run_best stays.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import stdlib_corpus as corpus
 import thirdparty_pairs as thirdparty
-from build_default_model import (HELDOUT_PAIRS, _documents, _loglik_train, _read_jsonl,
+from build_default_model import (HELDOUT_PAIRS, TARGETS, _documents, _loglik_train, _read_jsonl,
                                  _split_files, _tokenizer, _write_jsonl)
 
 
@@ -190,9 +193,10 @@ def stage_widen_data(work: Path, args) -> None:
     """WORK/widen.jsonl: WORK/retrain.jsonl, the pairs of the stdlib's C-implemented parts
     (scripts/stdlib_builtin_pairs.py) and the new pairs of the other Pythons' stdlibs on the
     machine (scripts/stdlib_other_versions.py); none equal to a held-out docstring;
-    shuffled."""
+    shuffled. The other-version pairs of one file in five go to WORK/valid_pairs.jsonl
+    instead: the validation set ``widen_pick`` picks with."""
     from stdlib_builtin_pairs import builtin_pairs, cleaned_docstring
-    from stdlib_other_versions import other_stdlibs, other_version_pairs
+    from stdlib_other_versions import other_stdlibs, other_version_pairs, validation_split
 
     held_docs = [cleaned_docstring(r["response"]) for r in _heldout_rows()]
     rows = _read_jsonl(work / "retrain.jsonl")
@@ -200,13 +204,15 @@ def stage_widen_data(work: Path, args) -> None:
     roots = other_stdlibs()
     known = [r["response"] for r in rows if r["prompt"]] + [p.response for p in pairs]
     others, per_version = other_version_pairs(roots, known, held_docs)
+    others, valid = validation_split(others)
+    _write_jsonl(work / "valid_pairs.jsonl", (p.record() for p in valid))
     rows += [{"prompt": p.prompt, "response": p.response} for p in pairs + others]
     random.Random(args.seed + 10).shuffle(rows)
     _write_jsonl(work / "widen.jsonl", rows)
     stats = {"rows": len(rows), "builtin_pairs": len(pairs),
              "builtin_pair_kinds": {k: sum(p.kind == k for p in pairs)
                                     for k in ("function", "method", "class")},
-             "other_version_pairs": len(others),
+             "other_version_pairs": len(others), "validation_pairs": len(valid),
              "other_version_pairs_by_stdlib": per_version}
     (work / "widen_stats.json").write_text(json.dumps(stats, indent=1))
     print(f"widen data: {json.dumps(stats)}")
@@ -230,32 +236,82 @@ WIDEN_SEEDS = (11, 13)     # phase 10 runs once per seed offset; run10 is their 
 
 
 def stage_widen_train(work: Path, args) -> None:
-    """Phase 10: the widened model, one epoch of WORK/widen.jsonl at --widen-lr (warmup,
+    """Phase 10: the widened model, --widen-epochs (one) of WORK/widen.jsonl at --widen-lr (warmup,
     then cosine to 10%), once per seed of :data:`WIDEN_SEEDS` (same start, different data
     order) -> WORK/run10_s{seed}; WORK/run10 is their uniform average (a "model soup",
-    Wortsman et al. 2022). No held-out figure is looked at during the phase."""
+    Wortsman et al. 2022). No held-out figure is looked at during the phase. --widen-seed K
+    trains only that seed (two processes can train two seeds at once); the average is written
+    once every seed's run is there."""
     runs = []
     for k in WIDEN_SEEDS:
         out = f"run10_s{k}"
+        if args.widen_seed not in (None, k):
+            runs.append(work / out)
+            continue
         if not (work / out / "model.safetensors").exists():
             _loglik_train(work, args, data=work / "widen.jsonl", start="wide", out=out,
-                          epochs=1, lr=args.widen_lr, warmup=0.05,
+                          epochs=args.widen_epochs, lr=args.widen_lr, warmup=0.05,
                           timing=f"widen_time_s{k}.json", save_every=args.retrain_save_every,
                           seed=args.seed + k, keep=100,
                           info=json.loads((work / "widen_stats.json").read_text()),
                           eval_heldout=False)
         runs.append(work / out)
+    if not all((r / "model.safetensors").exists() for r in runs):
+        print(f"widen train: seed {args.widen_seed} done; average once every seed's run is there")
+        return
     dst = _average(runs, work / "run10")
     (work / "soup.json").write_text(json.dumps({"averaged": [r.name for r in runs]}))
     print(f"average of {[r.name for r in runs]} -> {dst}")
 
 
+def _checkpoints(run: Path) -> list[Path]:
+    return sorted((run / "checkpoints").glob("step-*"), key=lambda d: int(d.name.split("-")[1]))
+
+
+def stage_widen_pick(work: Path, args) -> None:
+    """Every checkpoint and end of the phase-10 runs, and their average, measured on the
+    validation pairs (WORK/valid_pairs.jsonl: other-version pairs never trained on, never a
+    held-out pair) with the held-out sets' matching; the highest rate (ties: the lower
+    docstring NLL after the own signature) -> WORK/run10_pick (WORK/widen_pick.json). Each is
+    measured once, so the stage can be run again while a run is still writing checkpoints.
+    No held-out figure is looked at."""
+    import torch
+
+    import default_model_eval as ev
+    from loglik import Scorer
+
+    torch.set_num_threads(args.threads)
+    valid = _read_jsonl(work / "valid_pairs.jsonl")
+    candidates = {}
+    for k in WIDEN_SEEDS:
+        run = work / f"run10_s{k}"
+        candidates.update({f"{run.name}/{d.name}": d for d in _checkpoints(run)})
+        candidates[run.name] = run
+    candidates["run10"] = work / "run10"
+    record = work / "widen_pick.json"
+    done = json.loads(record.read_text())["measured"] if record.exists() else {}
+    for name, d in candidates.items():
+        if (d / "model.safetensors").exists() and name not in done:
+            m = ev.matching(Scorer.from_pretrained(str(d)), valid, seed=0)
+            done[name] = {"rate": m["rate"], "own_nll_token_mean": m["own_nll_token_mean"]}
+            print(f"{name}: {json.dumps(done[name])}", flush=True)
+            record.write_text(json.dumps({"validation_pairs": len(valid), "measured": done},
+                                         indent=1))
+    best = max(done, key=lambda k: (done[k]["rate"], -done[k]["own_nll_token_mean"]))
+    dst = work / "run10_pick"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(candidates[best], dst,
+                    ignore=shutil.ignore_patterns("trainer_state.pt", "checkpoints"))
+    record.write_text(json.dumps({"validation_pairs": len(valid), "measured": done,
+                                  "best": best}, indent=1))
+    print(f"widen pick: {best} {json.dumps(done[best])} -> {dst}")
+
+
 def stage_widen_measure(work: Path, args) -> None:
-    """Both held-out matching figures of each phase-10 run and of their average (after the
-    fact: the average is the candidate, shipped only if it meets both targets; the single
-    runs show the spread between seeds)."""
-    names = [f"run10_s{k}" for k in WIDEN_SEEDS] + ["run10"]
-    out = {n: _both_matchings(work / n, args.threads) for n in names}
+    """Both held-out matching figures of the validation pick (WORK/run10_pick), once: the
+    candidate, shipped only if it meets both targets (92% stdlib, 85% third-party)."""
+    out = {"run10_pick": _both_matchings(work / "run10_pick", args.threads),
+           "picked": json.loads((work / "widen_pick.json").read_text())["best"]}
     (work / "widen_measured.json").write_text(json.dumps(out, indent=1))
     print(f"widen measured: {json.dumps(out)}")
 
@@ -272,11 +328,7 @@ def stage_pick(work: Path, args) -> None:
     can be run again while a phase is still writing checkpoints); the one with the highest
     worse margin to the targets (92% stdlib, 85% third-party) is copied to WORK/run_best
     (WORK/pick.json). This selects on the held-out pairs, so MODEL.md says so."""
-    def steps(run: str) -> list[Path]:
-        return sorted((work / run / "checkpoints").glob("step-*"),
-                      key=lambda d: int(d.name.split("-")[1]))
-
-    candidates = {f"run6/{d.name}": d for d in steps("run6")}
+    candidates = {f"run6/{d.name}": d for d in _checkpoints(work / "run6")}
     for run in ("run7", "run8", "run9", "run_avg"):   # the anneals are one short epoch: their ends only
         candidates[run] = work / run
     done = json.loads((work / "pick.json").read_text())["measured"] \
@@ -286,7 +338,7 @@ def stage_pick(work: Path, args) -> None:
             done[name] = _both_matchings(d, args.threads)
             print(f"{name}: {json.dumps(done[name])}", flush=True)
             (work / "pick.json").write_text(json.dumps({"measured": done}, indent=1))
-    best = max(done, key=lambda k: min(done[k]["stdlib"] - 0.92, done[k]["thirdparty"] - 0.85))
+    best = max(done, key=lambda k: min(done[k][n] - v for n, v in TARGETS.items()))
     dst = work / "run_best"
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(candidates[best], dst, ignore=shutil.ignore_patterns("trainer_state.pt",

@@ -17,6 +17,7 @@ import glob
 import os
 import re
 import sys
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -74,6 +75,19 @@ def other_version_pairs(roots: Iterable[Path], known_docs: Iterable[str],
                                       indent=p.indent))
         counts[str(root)] = len(pairs) - before
     return pairs, counts
+
+
+def validation_split(pairs: list[Pair], every: int = 5) -> tuple[list[Pair], list[Pair]]:
+    """(train, validation) of :func:`other_version_pairs`' pairs: the pairs of one file in
+    ``every`` (by a CRC-32 of the file's path inside its stdlib, so that one file's pairs of
+    every version fall on one side) are kept out of training, to pick among trained models
+    without looking at the held-out sets."""
+    train: list[Pair] = []
+    valid: list[Pair] = []
+    for p in pairs:
+        path = p.id.split("/", 1)[1].rsplit(":", 1)[0]       # "python3.13/a/b.py:Q" -> "a/b.py"
+        (valid if zlib.crc32(path.encode()) % every == 0 else train).append(p)
+    return train, valid
 
 
 def _pairs(source: SourceFile) -> list[Pair]:

@@ -164,3 +164,65 @@ def test_other_stdlibs_never_lists_the_running_python():
     other = _scripts("stdlib_other_versions")
     own = os.path.realpath(os.path.dirname(os.__file__))
     assert all(str(d) != own and (d / "os.py").exists() for d in other.other_stdlibs())
+
+
+def test_validation_split_keeps_each_file_on_one_side():
+    other = _scripts("stdlib_other_versions")
+    corpus = _scripts("stdlib_corpus")
+
+    def pair(version: str, path: str, name: str):
+        return corpus.Pair(id=f"python{version}/{path}:{name}", module=path.split("/")[0],
+                           prompt=f"def {name}():\n", response='    """Doc."""', kind="function",
+                           indent=4)
+
+    paths = [f"pkg{i}/mod{i}.py" for i in range(100)]
+    pairs = [pair(v, p, f"f{k}") for p in paths for v in ("3.12", "3.13") for k in range(2)]
+    train, valid = other.validation_split(pairs)
+    assert sorted(p.id for p in train + valid) == sorted(p.id for p in pairs)
+    side = {}
+    for p in train + valid:                       # all four pairs of a file on one side
+        side.setdefault(p.id.split("/", 1)[1].rsplit(":", 1)[0], set()).add(p in valid)
+    assert all(len(s) == 1 for s in side.values()) and len(side) == 100
+    assert 10 <= sum(True in s for s in side.values()) <= 30    # about one file in five
+    assert other.validation_split(pairs, every=1) == ([], pairs)
+
+
+def test_widen_pick_measures_each_candidate_once_and_copies_the_best(tiny_model_dir, tmp_path):
+    import argparse
+    import shutil
+
+    retrain = _scripts("default_model_retrain")
+    work = tmp_path
+    for k in retrain.WIDEN_SEEDS:
+        shutil.copytree(tiny_model_dir, work / f"run10_s{k}" / "checkpoints" / "step-00000100")
+        shutil.copytree(tiny_model_dir, work / f"run10_s{k}", dirs_exist_ok=True)
+    shutil.copytree(tiny_model_dir, work / "run10")
+    (work / "run10" / "marker.txt").write_text("the average")
+    rows = [{"prompt": f"def f{i}(x):\n", "response": f'    """Return {i} times x."""',
+             "indent": 4} for i in range(6)]
+    (work / "valid_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # A record from an earlier, interrupted pass: not measured again, and here the best.
+    (work / "widen_pick.json").write_text(json.dumps(
+        {"measured": {"run10": {"rate": 1.0, "own_nll_token_mean": 9.0}}}))
+    retrain.stage_widen_pick(work, argparse.Namespace(threads=1))
+    record = json.loads((work / "widen_pick.json").read_text())
+    names = {f"run10_s{k}{s}" for k in retrain.WIDEN_SEEDS for s in ("", "/step-00000100")}
+    assert set(record["measured"]) == names | {"run10"}
+    assert record["measured"]["run10"] == {"rate": 1.0, "own_nll_token_mean": 9.0}
+    assert all(0 <= record["measured"][n]["rate"] <= 1 for n in names)
+    assert record["best"] == "run10" and record["validation_pairs"] == 6
+    assert (work / "run10_pick" / "marker.txt").read_text() == "the average"
+    assert not (work / "run10_pick" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(("stdlib", "thirdparty", "shipped"), [
+    (0.9213, 0.85, "run10_pick"), (0.9190, 0.90, "run_best"), (0.95, 0.8475, "run_best")])
+def test_phase_10_ships_only_a_pick_that_met_both_targets(tmp_path, stdlib, thirdparty, shipped):
+    build = _scripts("build_default_model")
+    for run in ("run_best", "run10_pick"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "model.safetensors").write_bytes(b"")
+    assert build.final_dir(tmp_path) == tmp_path / "run_best"      # nothing measured yet
+    (tmp_path / "widen_measured.json").write_text(json.dumps(
+        {"run10_pick": {"stdlib": stdlib, "thirdparty": thirdparty}, "picked": "run10"}))
+    assert build.final_dir(tmp_path) == tmp_path / shipped
