@@ -135,7 +135,7 @@ widened from hidden {w['old_hidden']} to {w['new_hidden']} ({w['heads']} heads, 
 zero, nothing writes into them and the new heads and MLP units are read by zero columns of
 `o_proj` / `down_proj` until trained, the RMSNorm weights and eps rescaled
 (`scripts/default_model_grow.py`, `widen`; largest change of a log-prob
-{w['max_logprob_change']:.1e} nats); {w['parameters']:,} parameters. Trained {epochs} epoch{"s" if epochs > 1 else ""} on
+{w['max_logprob_change']:.1e} nats); {w['parameters']:,} parameters. Trained {epochs} epoch(s) on
 `retrain.jsonl` plus more stdlib pairs, {t[0]['rows']:,} rows shuffled (`widen.jsonl`):
 {t[0]['builtin_pairs']:,} pairs of the stdlib's C-implemented functions, types and methods
 ({kinds}; `scripts/stdlib_builtin_pairs.py`, by introspection, the accelerators of held-out
@@ -196,14 +196,12 @@ Phase {phase}, {what}: from {a['start']}, slice {a.get('slice', 1)} of a seeded 
 held-out pairs, docstring NLL per token {-_per_token(epochs[0]['eval']):.3f} ->
 {-_per_token(epochs[-1]['eval']):.3f}.
 """
-    if (work / "pick.json").exists() and "measured" not in json.loads(
-            (work / "pick.json").read_text()):
-        pick = json.loads((work / "pick.json").read_text())
+    pick = json.loads((work / "pick.json").read_text()) if (work / "pick.json").exists() else None
+    if pick and "measured" not in pick:          # carried over from an earlier build
         text += f"""
 Taken forward: **{pick['best']}** ({pick.get('note', 'not measured in this build')}).
 """
-    elif (work / "pick.json").exists():
-        pick = json.loads((work / "pick.json").read_text())
+    elif pick:
         rows = "\n".join(f"| {k} | {100 * v['stdlib']:.1f}% | {100 * v['thirdparty']:.1f}% |"
                          for k, v in pick["measured"].items())
         text += f"""

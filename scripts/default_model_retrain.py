@@ -11,7 +11,7 @@ both held-out matching figures of each result (``pick``: the best -> WORK/run_be
 
 Phase 10, run stage by stage after ``retrain_all`` (``widen_data``, ``widen``,
 ``widen_train``, ``widen_pick``, ``widen_measure``), widens that model (hidden 128 -> 192,
-5.4M parameters, computing the same log-probs at first) and trains it one epoch on the same
+5.4M parameters, computing the same log-probs at first) and trains it (one epoch) on the same
 data plus the pairs of the stdlib's C-implemented parts (scripts/stdlib_builtin_pairs.py) and
 of the other Pythons' stdlibs on the machine (scripts/stdlib_other_versions.py), once per seed;
 WORK/run10 averages the runs. ``widen_pick`` picks among every checkpoint, run end and the
@@ -238,12 +238,12 @@ WIDEN_SEEDS = (11, 13)     # phase 10 runs once per seed offset; run10 is their 
 
 
 def stage_widen_train(work: Path, args) -> None:
-    """Phase 10: the widened model, --widen-epochs (one) of WORK/widen.jsonl at --widen-lr (warmup,
-    then cosine to 10%), once per seed of :data:`WIDEN_SEEDS` (same start, different data
-    order) -> WORK/run10_s{seed}; WORK/run10 is their uniform average (a "model soup",
-    Wortsman et al. 2022). No held-out figure is looked at during the phase. --widen-seed K
-    trains only that seed (two processes can train two seeds at once); the average is written
-    once every seed's run is there."""
+    """Phase 10: the widened model, --widen-epochs epochs (default one) of WORK/widen.jsonl
+    at --widen-lr (warmup, then cosine to 10%), once per seed of :data:`WIDEN_SEEDS` (same
+    start, different data order) -> WORK/run10_s{seed}; WORK/run10 is their uniform average
+    (a "model soup", Wortsman et al. 2022). No held-out figure is looked at during the phase.
+    --widen-seed K trains only that seed (two processes can train two seeds at once); the
+    average is written once every seed's run is there."""
     runs = []
     for k in WIDEN_SEEDS:
         out = f"run10_s{k}"
