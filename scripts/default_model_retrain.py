@@ -26,6 +26,7 @@ pairs over-fit them.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import random
 import shutil
@@ -287,7 +288,9 @@ def stage_widen_pick(work: Path, args) -> None:
     candidates = {}
     for k in WIDEN_SEEDS:
         run = work / f"run10_s{k}"
-        candidates.update({f"{run.name}/{d.name}": d for d in _checkpoints(run)})
+        end = run / "model.safetensors"
+        candidates.update({f"{run.name}/{d.name}": d for d in _checkpoints(run)   # not the end's
+                           if not (end.exists() and filecmp.cmp(d / end.name, end, shallow=False))})
         candidates[run.name] = run
     candidates["run10"] = work / "run10"
     record = work / "widen_pick.json"

@@ -191,10 +191,16 @@ def test_widen_pick_measures_each_candidate_once_and_copies_the_best(tiny_model_
     import argparse
     import shutil
 
+    from safetensors.torch import load_file, save_file
+
     retrain = _scripts("default_model_retrain")
     work = tmp_path
     for k in retrain.WIDEN_SEEDS:
         shutil.copytree(tiny_model_dir, work / f"run10_s{k}" / "checkpoints" / "step-00000100")
+        weights = work / f"run10_s{k}" / "checkpoints" / "step-00000100" / "model.safetensors"
+        state = load_file(str(weights))                   # an earlier checkpoint: other weights
+        save_file({n: w * 0.5 for n, w in state.items()}, str(weights), metadata={"format": "pt"})
+        shutil.copytree(tiny_model_dir, work / f"run10_s{k}" / "checkpoints" / "step-00000200")
         shutil.copytree(tiny_model_dir, work / f"run10_s{k}", dirs_exist_ok=True)
     shutil.copytree(tiny_model_dir, work / "run10")
     (work / "run10" / "marker.txt").write_text("the average")
@@ -206,6 +212,7 @@ def test_widen_pick_measures_each_candidate_once_and_copies_the_best(tiny_model_
         {"measured": {"run10": {"rate": 1.0, "own_nll_token_mean": 9.0}}}))
     retrain.stage_widen_pick(work, argparse.Namespace(threads=1))
     record = json.loads((work / "widen_pick.json").read_text())
+    # step 200 is each run's end (the same weights): measured once, as the run
     names = {f"run10_s{k}{s}" for k in retrain.WIDEN_SEEDS for s in ("", "/step-00000100")}
     assert set(record["measured"]) == names | {"run10"}
     assert record["measured"]["run10"] == {"rate": 1.0, "own_nll_token_mean": 9.0}
