@@ -293,23 +293,14 @@ def stage_widen_pick(work: Path, args) -> None:
                            if not (end.exists() and filecmp.cmp(d / end.name, end, shallow=False))})
         candidates[run.name] = run
     candidates["run10"] = work / "run10"
-    record = work / "widen_pick.json"
-    done = json.loads(record.read_text())["measured"] if record.exists() else {}
-    for name, d in candidates.items():
-        if (d / "model.safetensors").exists() and name not in done:
-            m = ev.matching(Scorer.from_pretrained(str(d)), valid, seed=0)
-            done[name] = {"rate": m["rate"], "own_nll_token_mean": m["own_nll_token_mean"]}
-            print(f"{name}: {json.dumps(done[name])}", flush=True)
-            record.write_text(json.dumps({"validation_pairs": len(valid), "measured": done},
-                                         indent=1))
-    best = max(done, key=lambda k: (done[k]["rate"], -done[k]["own_nll_token_mean"]))
-    dst = work / "run10_pick"
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(candidates[best], dst,
-                    ignore=shutil.ignore_patterns("trainer_state.pt", "checkpoints"))
-    record.write_text(json.dumps({"validation_pairs": len(valid), "measured": done,
-                                  "best": best}, indent=1))
-    print(f"widen pick: {best} {json.dumps(done[best])} -> {dst}")
+
+    def measure(d: Path) -> dict:
+        m = ev.matching(Scorer.from_pretrained(str(d)), valid, seed=0)
+        return {"rate": m["rate"], "own_nll_token_mean": m["own_nll_token_mean"]}
+
+    _measure_and_pick(candidates, work / "widen_pick.json", measure,
+                      key=lambda f: (f["rate"], -f["own_nll_token_mean"]),
+                      dst=work / "run10_pick", header={"validation_pairs": len(valid)})
 
 
 def stage_widen_measure(work: Path, args) -> None:
@@ -336,17 +327,28 @@ def stage_pick(work: Path, args) -> None:
     candidates = {f"run6/{d.name}": d for d in _checkpoints(work / "run6")}
     for run in ("run7", "run8", "run9", "run_avg"):   # the anneals are one short epoch: their ends only
         candidates[run] = work / run
-    done = json.loads((work / "pick.json").read_text())["measured"] \
-        if (work / "pick.json").exists() else {}
+    _measure_and_pick(candidates, work / "pick.json", lambda d: _both_matchings(d, args.threads),
+                      key=lambda f: min(f[n] - v for n, v in TARGETS.items()),
+                      dst=work / "run_best")
+
+
+def _measure_and_pick(candidates: dict[str, Path], record: Path, measure, *, key, dst: Path,
+                      header: dict | None = None) -> str:
+    """Measure each candidate that has weights and is not in ``record`` yet (so a pick can be
+    run again while a run is still writing checkpoints; the record is written after each),
+    copy the one with the highest ``key(figures)`` to ``dst`` (no checkpoints, no trainer
+    state) and name it in the record."""
+    header = header or {}
+    done = json.loads(record.read_text())["measured"] if record.exists() else {}
     for name, d in candidates.items():
         if (d / "model.safetensors").exists() and name not in done:
-            done[name] = _both_matchings(d, args.threads)
+            done[name] = measure(d)
             print(f"{name}: {json.dumps(done[name])}", flush=True)
-            (work / "pick.json").write_text(json.dumps({"measured": done}, indent=1))
-    best = max(done, key=lambda k: min(done[k][n] - v for n, v in TARGETS.items()))
-    dst = work / "run_best"
+            record.write_text(json.dumps({**header, "measured": done}, indent=1))
+    best = max(done, key=lambda k: key(done[k]))
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(candidates[best], dst, ignore=shutil.ignore_patterns("trainer_state.pt",
-                                                                          "checkpoints"))
-    (work / "pick.json").write_text(json.dumps({"measured": done, "best": best}, indent=1))
-    print(f"pick: {best} {json.dumps(done[best])} -> {dst}")
+    shutil.copytree(candidates[best], dst,
+                    ignore=shutil.ignore_patterns("trainer_state.pt", "checkpoints"))
+    record.write_text(json.dumps({**header, "measured": done, "best": best}, indent=1))
+    print(f"{record.stem}: {best} {json.dumps(done[best])} -> {dst}")
+    return best
